@@ -1,0 +1,316 @@
+"""ShuffleNet layers: the channel shuffle and the ShuffleNet unit.
+
+The unit is defined once, as the ordered set of Keras layers it is made of
+(:func:`unit_layers`) and how they are wired (:func:`apply_unit`). Two things
+use that single definition:
+
+* :func:`keras_shufflenet.ShuffleNet` calls :func:`apply_unit` on symbolic
+  tensors, so every conv, batch norm and activation of a unit is a layer of
+  the *functional* model. tensorflow-model-optimization works layer by layer
+  on such a graph: it can prune each pointwise kernel and place fake-quant
+  exactly where TFLite's int8 kernels quantize. A composite layer would be
+  opaque to it.
+* :class:`ShuffleUnit` owns the same layers and calls :func:`apply_unit` in
+  ``call()``, for users who want a unit as one layer in their own models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from keras_shufflenet.keras_compat import keras
+
+_PACKAGE = "keras_shufflenet"
+
+# PyTorch's BatchNorm defaults, as in the official implementation, so that
+# running statistics settle within a short fine-tune.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelShuffle(keras.layers.Layer):
+    """Channel shuffle of ShuffleNet (Zhang et al., 2018, Sec. 3.1).
+
+    The channels are reshaped to ``(groups, n)``, transposed to
+    ``(n, groups)`` and flattened, so output channel ``j * groups + i`` is
+    input channel ``i * n + j`` (``n = channels // groups``): every group of
+    the next grouped convolution sees one channel of every previous group.
+
+    Works for any batch and spatial size (channels last). With static
+    spatial dimensions the reshapes are static, which TFLite Micro needs.
+
+    Args:
+      groups: Number of groups, ``>= 1``; must divide the channel count.
+      **kwargs: Standard layer arguments (``name``, ``dtype``, ...).
+    """
+
+    def __init__(self, groups: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"`groups` must be an integer >= 1. Received: groups={groups!r}")
+        self.groups = groups
+
+    def build(self, input_shape: Any) -> None:
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"ChannelShuffle needs a known channel dimension. Received input_shape={tuple(input_shape)}"
+            )
+        if channels % self.groups:
+            raise ValueError(
+                f"The number of channels ({channels}) must be divisible by `groups` ({self.groups}) "
+                "for a channel shuffle."
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        channels = inputs.shape[-1]
+        per_group = channels // self.groups
+        inner = list(inputs.shape[1:-1])
+        if all(d is not None for d in inner):
+            # Static shapes: plain RESHAPE/TRANSPOSE/RESHAPE after conversion.
+            grouped_shape: Any = [-1, *inner, self.groups, per_group]
+            flat_shape: Any = [-1, *inner, channels]
+        else:
+            leading = tf.shape(inputs)[:-1]
+            grouped_shape = tf.concat([leading, [self.groups, per_group]], axis=0)
+            flat_shape = tf.concat([leading, [channels]], axis=0)
+        rank = len(inputs.shape)
+        perm = [*range(rank - 1), rank, rank - 1]
+        x = tf.reshape(inputs, grouped_shape)
+        x = tf.transpose(x, perm)
+        return tf.reshape(x, flat_shape)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "groups": self.groups}
+
+
+def _check_unit_args(
+    in_channels: int,
+    filters: int,
+    groups: int,
+    strides: int,
+    first_pointwise_grouped: bool,
+    bottleneck_ratio: float,
+) -> int:
+    """Validates a unit's arguments; returns its bottleneck width."""
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"`groups` must be an integer >= 1. Received: groups={groups!r}")
+    if strides not in (1, 2):
+        raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
+    if not 0 < bottleneck_ratio <= 1:
+        raise ValueError(f"`bottleneck_ratio` must be in (0, 1]. Received: bottleneck_ratio={bottleneck_ratio!r}")
+    if strides == 1 and filters != in_channels:
+        raise ValueError(
+            f"A stride-1 unit adds its input, so `filters` must equal the input channels. "
+            f"Received: filters={filters}, input channels={in_channels}"
+        )
+    branch_channels = filters - in_channels if strides == 2 else filters
+    if branch_channels < 1:
+        raise ValueError(
+            f"A stride-2 unit concatenates its input, so `filters` must exceed the input channels. "
+            f"Received: filters={filters}, input channels={in_channels}"
+        )
+    bottleneck = int(filters * bottleneck_ratio)
+    checks = [("bottleneck channels (filters * bottleneck_ratio)", bottleneck)]
+    checks.append(("branch output channels", branch_channels))
+    if first_pointwise_grouped:
+        checks.append(("input channels", in_channels))
+    for what, count in checks:
+        if count < 1 or count % groups:
+            raise ValueError(f"The {what} ({count}) must be a positive multiple of `groups` ({groups}).")
+    return bottleneck
+
+
+def unit_layers(
+    prefix: str,
+    in_channels: int,
+    filters: int,
+    groups: int,
+    strides: int,
+    first_pointwise_grouped: bool = True,
+    bottleneck_ratio: float = 0.25,
+    shuffle: bool = True,
+) -> dict[str, keras.layers.Layer]:
+    """Creates the layers of one ShuffleNet unit (Fig. 2 b/c), by role.
+
+    Args:
+      prefix: Name prefix of every layer, e.g. ``"stage2_unit1"``.
+      in_channels: Channels of the unit's input.
+      filters: Channels of the unit's output.
+      groups: Groups of the pointwise convolutions.
+      strides: 1 (residual add) or 2 (average-pooled shortcut, concat).
+      first_pointwise_grouped: Whether the first 1x1 convolution is grouped.
+      bottleneck_ratio: Bottleneck width as a fraction of ``filters``.
+      shuffle: Whether to shuffle channels after the first 1x1 convolution
+        (off for Table 3's ablation; there is nothing to shuffle with one
+        group).
+
+    Returns:
+      A dict from role (``"gconv1"``, ``"gconv1_bn"``, ...) to layer, in
+      execution order.
+
+    Raises:
+      ValueError: If the channel counts do not split into the groups.
+    """
+    bottleneck = _check_unit_args(in_channels, filters, groups, strides, first_pointwise_grouped, bottleneck_ratio)
+    branch_channels = filters - in_channels if strides == 2 else filters
+    L = keras.layers
+
+    def bn(role: str) -> keras.layers.Layer:
+        return L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{prefix}_{role}")
+
+    layers: dict[str, keras.layers.Layer] = {}
+    layers["gconv1"] = L.Conv2D(
+        bottleneck,
+        1,
+        groups=groups if first_pointwise_grouped else 1,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{prefix}_gconv1",
+    )
+    layers["gconv1_bn"] = bn("gconv1_bn")
+    layers["gconv1_relu"] = L.ReLU(name=f"{prefix}_gconv1_relu")
+    if shuffle and groups > 1:
+        layers["shuffle"] = ChannelShuffle(groups, name=f"{prefix}_shuffle")
+    layers["dwconv"] = L.DepthwiseConv2D(
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer="he_normal",
+        name=f"{prefix}_dwconv",
+    )
+    layers["dwconv_bn"] = bn("dwconv_bn")  # No ReLU after the depthwise conv.
+    layers["gconv2"] = L.Conv2D(
+        branch_channels,
+        1,
+        groups=groups,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{prefix}_gconv2",
+    )
+    layers["gconv2_bn"] = bn("gconv2_bn")
+    if strides == 1:
+        layers["add"] = L.Add(name=f"{prefix}_add")
+    else:
+        layers["shortcut_pool"] = L.AveragePooling2D(3, strides=2, padding="same", name=f"{prefix}_shortcut_pool")
+        layers["concat"] = L.Concatenate(name=f"{prefix}_concat")
+    layers["relu"] = L.ReLU(name=f"{prefix}_relu")
+    return layers
+
+
+# The residual branch, in execution order.
+_BRANCH_ROLES = ("gconv1", "gconv1_bn", "gconv1_relu", "shuffle", "dwconv", "dwconv_bn", "gconv2", "gconv2_bn")
+
+
+def apply_unit(layers: dict[str, keras.layers.Layer], inputs: Any) -> Any:
+    """Wires the layers made by :func:`unit_layers` on ``inputs``."""
+    x = inputs
+    for role in _BRANCH_ROLES:
+        if role in layers:
+            x = layers[role](x)
+    if "add" in layers:
+        x = layers["add"]([inputs, x])
+    else:
+        # Shortcut first, as in the official implementation.
+        x = layers["concat"]([layers["shortcut_pool"](inputs), x])
+    return layers["relu"](x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ShuffleUnit(keras.layers.Layer):
+    """A ShuffleNet unit (Zhang et al., 2018, Fig. 2 b and c) as one layer.
+
+    1x1 group conv -> BN -> ReLU -> channel shuffle -> 3x3 depthwise conv
+    (stride 1 or 2) -> BN -> 1x1 group conv -> BN, then with stride 1 the
+    input is added, with stride 2 a 3x3/2 average-pooled shortcut is
+    concatenated (the branch then outputs ``filters - input channels``), and
+    a ReLU follows.
+
+    :func:`keras_shufflenet.ShuffleNet` builds the same layers inline, so
+    that tensorflow-model-optimization sees each of them; use this layer in
+    your own models when one layer per unit is more convenient.
+
+    Args:
+      filters: Output channels of the unit.
+      groups: Groups of the pointwise convolutions. Defaults to `3`.
+      strides: 1 or 2. Defaults to `1`.
+      first_pointwise_grouped: Whether the first 1x1 conv is grouped; the
+        paper does not group it when the input is narrow (Stage 2's first
+        unit). Defaults to `True`.
+      bottleneck_ratio: Bottleneck width as a fraction of ``filters``.
+        Defaults to `0.25`.
+      shuffle: Whether to shuffle channels. Defaults to `True`.
+      **kwargs: Standard layer arguments (``name``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        groups: int = 3,
+        strides: int = 1,
+        first_pointwise_grouped: bool = True,
+        bottleneck_ratio: float = 0.25,
+        shuffle: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
+        self.filters = filters
+        self.groups = groups
+        self.strides = strides
+        self.first_pointwise_grouped = first_pointwise_grouped
+        self.bottleneck_ratio = bottleneck_ratio
+        self.shuffle = shuffle
+        self._unit: dict[str, keras.layers.Layer] = {}
+
+    def build(self, input_shape: Any) -> None:
+        # The branch width of a stride-2 unit depends on the input channels,
+        # so the sublayers are created here rather than in __init__.
+        self._unit = unit_layers(
+            self.name,
+            in_channels=int(input_shape[-1]),
+            filters=self.filters,
+            groups=self.groups,
+            strides=self.strides,
+            first_pointwise_grouped=self.first_pointwise_grouped,
+            bottleneck_ratio=self.bottleneck_ratio,
+            shuffle=self.shuffle,
+        )
+        shape = tuple(input_shape)
+        for role, layer in self._unit.items():
+            setattr(self, role, layer)  # Tracked as attributes for saving.
+            if role in _BRANCH_ROLES:
+                # Built explicitly, so that saved weights load before a call.
+                layer.build(shape)
+                shape = tuple(layer.compute_output_shape(shape))
+        super().build(input_shape)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return apply_unit(self._unit, inputs)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = list(input_shape)
+        if self.strides == 2:
+            shape[1:3] = [None if d is None else (d + 1) // 2 for d in shape[1:3]]
+        shape[-1] = self.filters
+        return tuple(shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "groups": self.groups,
+            "strides": self.strides,
+            "first_pointwise_grouped": self.first_pointwise_grouped,
+            "bottleneck_ratio": self.bottleneck_ratio,
+            "shuffle": self.shuffle,
+        }

@@ -1,0 +1,217 @@
+"""ShuffleNet v1 builder with the keras.applications conventions.
+
+Reference:
+  - [ShuffleNet: An Extremely Efficient Convolutional Neural Network for
+    Mobile Devices](https://arxiv.org/abs/1707.01083) (CVPR 2018)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from keras_shufflenet import architecture
+from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.layers import BN_EPSILON, BN_MOMENTUM, apply_unit, unit_layers
+
+_POOLING = (None, "avg", "max")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+
+
+def _resolve_input_shape(input_shape: Any, input_tensor: Any) -> tuple[Any, Any, Any]:
+    """Returns (H, W, C) from the arguments; 224x224x3 when neither is given."""
+    if input_tensor is not None:
+        shape = tuple(input_tensor.shape)
+        if len(shape) != 4:
+            raise ValueError(f"`input_tensor` must have rank 4 (batch, H, W, C). Received shape: {shape}")
+        shape = shape[1:]
+        if input_shape is not None and tuple(input_shape) != shape:
+            raise ValueError(f"`input_shape` {tuple(input_shape)} does not match the shape of `input_tensor` {shape}.")
+    elif input_shape is None:
+        shape = (224, 224, 3)
+    else:
+        shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={shape}")
+    height, width, channels = shape
+    for name, size in (("height", height), ("width", width)):
+        if size is not None and size < architecture.MIN_INPUT_SIZE:
+            raise ValueError(
+                f"`input_shape` {name} must be None or >= {architecture.MIN_INPUT_SIZE}. Received: input_shape={shape}"
+            )
+    if channels is None or channels < 1:
+        raise ValueError(f"`input_shape` must have a known channel count >= 1. Received: input_shape={shape}")
+    return shape
+
+
+def ShuffleNet(
+    include_top: bool = True,
+    weights: str | None = None,
+    input_tensor: Any = None,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    groups: int = 3,
+    scale_factor: float = 1.0,
+    shuffle: bool = True,
+    stem_channels: int | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Instantiates the ShuffleNet v1 architecture.
+
+    Reference:
+      - [ShuffleNet: An Extremely Efficient Convolutional Neural Network for
+        Mobile Devices](https://arxiv.org/abs/1707.01083) (CVPR 2018)
+
+    The network follows Table 1 of the paper: conv1 3x3/2 -> max pool 3x3/2
+    -> Stages 2, 3, 4 of 4, 8, 4 ShuffleNet units (the first of each with
+    stride 2) -> global average pool -> classifier. The first pointwise
+    convolution of Stage 2 is not grouped. Widths are Table 1's times
+    ``scale_factor``, rounded to multiples of ``4 * groups``
+    (:func:`keras_shufflenet.architecture.stage_out_channels`); conv1 follows
+    the official implementation (:func:`~keras_shufflenet.architecture.stem_channels`).
+
+    Every unit is built from plain Keras layers with deterministic names
+    (``stage3_unit2_gconv1``, ``stage3_unit2_dwconv_bn``, ...), so weights
+    line up across runs and tensorflow-model-optimization can prune and
+    quantize it layer by layer.
+
+    The model expects inputs processed by
+    :func:`keras_shufflenet.preprocess_input` (pixels scaled to [-1, 1]).
+
+    Args:
+      include_top: Whether to include the global pool and the classifier.
+        Defaults to `True`.
+      weights: `None` (random initialization) or the path to a weights file
+        saved with ``model.save_weights``. Defaults to `None`.
+      input_tensor: Optional Keras tensor (output of ``keras.Input()``) to use
+        as the image input. Defaults to `None`.
+      input_shape: ``(height, width, channels)``; height and width may be
+        `None` or any size >= 32, channels any count >= 1. Defaults to
+        ``(224, 224, 3)``.
+      pooling: With ``include_top=False``: `None` (4D feature map), ``"avg"``
+        or ``"max"`` global pooling. Defaults to `None`.
+      classes: Number of classes for the classifier. Defaults to `1000`.
+      classifier_activation: Activation of the classifier; `None` returns
+        logits. Defaults to `"softmax"`.
+      groups: Groups of the pointwise convolutions, one of 1, 2, 3, 4, 8.
+        Defaults to `3`.
+      scale_factor: Width multiplier "s x" of the paper, any value > 0.
+        Defaults to `1.0`.
+      shuffle: Whether to shuffle channels (off reproduces Table 3's
+        ablation). Defaults to `True`.
+      stem_channels: Width of conv1; `None` applies the documented rule.
+        Defaults to `None`.
+      name: Model name. Defaults to ``"shufflenet_{scale}x_g{groups}"``.
+
+    Returns:
+      A `keras.Model`.
+
+    Raises:
+      ValueError: For any invalid argument, naming it and the value received.
+    """
+    if groups not in architecture.ALLOWED_GROUPS:
+        raise ValueError(f"`groups` must be one of {architecture.ALLOWED_GROUPS}. Received: groups={groups!r}")
+    if isinstance(scale_factor, bool) or not isinstance(scale_factor, (int, float)) or not scale_factor > 0:
+        raise ValueError(f"`scale_factor` must be a number > 0. Received: scale_factor={scale_factor!r}")
+    if weights is not None and not (isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)):
+        raise ValueError(
+            "`weights` must be None (random initialization) or the path to an existing weights file. "
+            f"Received: weights={weights!r}"
+        )
+    _check_positive_int("classes", classes)
+    if pooling not in _POOLING:
+        raise ValueError(f"`pooling` must be one of {_POOLING}. Received: pooling={pooling!r}")
+    if stem_channels is not None:
+        _check_positive_int("stem_channels", stem_channels)
+        if stem_channels % groups:
+            raise ValueError(
+                f"`stem_channels` must be a multiple of `groups` ({groups}). Received: stem_channels={stem_channels}"
+            )
+    if include_top and classifier_activation is not None:
+        keras.activations.get(classifier_activation)  # Raises for an unknown name.
+    shape = _resolve_input_shape(input_shape, input_tensor)
+    spec = architecture.network_spec(groups, scale_factor, stem_channels)
+
+    if input_tensor is None:
+        img_input = keras.Input(shape=shape, name="image")
+    elif _is_keras_tensor(input_tensor):
+        img_input = input_tensor
+    else:
+        img_input = keras.Input(tensor=input_tensor, shape=shape, name="image")
+
+    L = keras.layers
+    x = L.Conv2D(
+        spec.stem_channels,
+        3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name="conv1",
+    )(img_input)
+    x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="conv1_bn")(x)
+    x = L.ReLU(name="conv1_relu")(x)
+    x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    for unit in spec.units:
+        layers = unit_layers(
+            unit.name,
+            in_channels=unit.in_channels,
+            filters=unit.filters,
+            groups=unit.groups,
+            strides=unit.strides,
+            first_pointwise_grouped=unit.first_pointwise_grouped,
+            bottleneck_ratio=architecture.BOTTLENECK_RATIO,
+            shuffle=shuffle,
+        )
+        x = apply_unit(layers, x)
+
+    if include_top:
+        x = L.GlobalAveragePooling2D(name="global_pool")(x)
+        x = L.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = L.GlobalAveragePooling2D(name="global_pool")(x)
+    elif pooling == "max":
+        x = L.GlobalMaxPooling2D(name="global_pool")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    if name is None:
+        name = f"shufflenet_{scale_factor:g}x_g{groups}"
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _is_keras_tensor(tensor: Any) -> bool:
+    is_keras_tensor = getattr(keras.backend, "is_keras_tensor", None) or keras.utils.is_keras_tensor
+    try:
+        return bool(is_keras_tensor(tensor))
+    except ValueError:
+        return False
+
+
+def preprocess_input(x: Any, data_format: str | None = None) -> Any:
+    """Scales pixels from [0, 255] to [-1, 1], as the training pipeline does.
+
+    Args:
+      x: A float or integer array or tensor of images with values in
+        [0, 255], any number of channels.
+      data_format: Unused; accepted for keras.applications compatibility.
+
+    Returns:
+      ``x / 127.5 - 1`` as float32.
+    """
+    del data_format
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32) / 127.5 - 1.0
+    import tensorflow as tf
+
+    return tf.cast(x, tf.float32) / 127.5 - 1.0

@@ -1,0 +1,32 @@
+"""keras-shufflenet: ShuffleNet v1 for Keras with a TensorFlow Lite Micro path."""
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    # Training and evaluation on tf.data / TensorFlow Datasets (train/main.py).
+    "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7"],
+    # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro).
+    "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro"],
+    # Tests, linting and formatting.
+    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="keras-shufflenet",
+    version="0.1.0",
+    description="ShuffleNet v1 (Zhang et al., CVPR 2018) for Keras, with a TensorFlow Lite Micro target.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_shufflenet", "keras_shufflenet.*"]),
+    package_data={"keras_shufflenet": ["datasets/data/*.csv.gz", "datasets/data/*.md"]},
+    install_requires=["tensorflow==2.21.0", "keras>=3.10", "numpy"],
+    extras_require=EXTRAS,
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
