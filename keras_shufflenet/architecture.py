@@ -118,7 +118,7 @@ def network_spec(groups: int, scale_factor: float, stem: int | None = None) -> N
     stem = stem_channels(groups, scale_factor) if stem is None else stem
     units = []
     in_channels = stem
-    for stage_index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, widths)):
+    for stage_index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, widths, strict=True)):
         stage = FIRST_STAGE + stage_index
         for unit_index in range(repeats):
             first_unit = unit_index == 0

@@ -78,7 +78,7 @@ class Profile:
 
 def _unwrap(layer: Any) -> Any:
     """The layer that does the arithmetic (tfmot wrappers hold it in .layer)."""
-    while hasattr(layer, "layer") and isinstance(getattr(layer, "layer"), keras.layers.Layer):
+    while hasattr(layer, "layer") and isinstance(layer.layer, keras.layers.Layer):
         layer = layer.layer
     return layer
 
@@ -111,7 +111,7 @@ def _leaf_layers(model: Any) -> list[Any]:
     leaves = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         children = list(layer._flatten_layers(include_self=False, recursive=False))
-        is_wrapper = hasattr(layer, "layer") and isinstance(getattr(layer, "layer"), keras.layers.Layer)
+        is_wrapper = hasattr(layer, "layer") and isinstance(layer.layer, keras.layers.Layer)
         if not children or is_wrapper:
             leaves.append(layer)
     # A wrapper's inner layer is not called by itself; keep the wrapper only.
