@@ -72,8 +72,8 @@ class ChannelShuffle(keras.layers.Layer):
         inner = list(inputs.shape[1:-1])
         if all(d is not None for d in inner):
             # Static shapes: plain RESHAPE/TRANSPOSE/RESHAPE after conversion.
-            grouped_shape: Any = [-1, *inner, self.groups, per_group]
-            flat_shape: Any = [-1, *inner, channels]
+            grouped_shape = [-1, *inner, self.groups, per_group]
+            flat_shape = [-1, *inner, channels]
         else:
             leading = tf.shape(inputs)[:-1]
             grouped_shape = tf.concat([leading, [self.groups, per_group]], axis=0)
@@ -86,6 +86,10 @@ class ChannelShuffle(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
+
+    def get_prunable_weights(self) -> list[Any]:
+        """No weights: lets tfmot's ``prune_low_magnitude`` pass through it."""
+        return []
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "groups": self.groups}
@@ -287,7 +291,6 @@ class ShuffleUnit(keras.layers.Layer):
         )
         shape = tuple(input_shape)
         for role, layer in self._unit.items():
-            setattr(self, role, layer)  # Tracked as attributes for saving.
             if role in _BRANCH_ROLES:
                 # Built explicitly, so that saved weights load before a call.
                 layer.build(shape)

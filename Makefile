@@ -1,0 +1,51 @@
+# keras-shufflenet: the two commands of a new user, and the tools behind them.
+#
+#   make demo   train the quickstart on the embedded dataset, prune, quantize
+#               to int8, verify in TensorFlow Lite Micro, write the firmware
+#               files to runs/quickstart/ and print a summary
+#   make test   install into .venv and pass lint and the tests (Keras 3, then
+#               Keras 2 / tf_keras, which tensorflow-model-optimization needs)
+#   make bench  measure ShuffleNet beside MobileNet; writes docs/benchmarks.md
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_DIR ?= runs/quickstart
+
+.PHONY: demo test lint format bench install clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Every test under Keras 3, then the fast ones again under Keras 2 (tf_keras):
+# the package supports both, and the tests marked legacy_keras (tfmot) only
+# run there.
+test: lint
+	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
+		--prune_sparsity=0.5 --prune_epochs=2 --quantize=ptq
+	$(PY) -m keras_shufflenet.micro.summary $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --output=docs/benchmarks.md
+
+clean:
+	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,284 @@
+"""Magnitude pruning and quantization-aware training with tensorflow-model-optimization (tfmot).
+
+tfmot 0.8 accepts only Keras 2 models, so both need the process to run with
+``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported (the package then
+builds tf_keras models). ShuffleNet's functional graph exposes every conv,
+batch norm and activation as its own layer, which is what tfmot works on.
+
+What pruning buys on TFLite Micro: TFLM stores every tensor dense and has no
+sparse kernels, so zeroed weights save neither flash, RAM nor time by
+themselves. They pay off only when the weights are compressed (zeros compress
+well), e.g. in a compressed firmware image or with TFLM's weight compression.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
+from keras_shufflenet.layers import ChannelShuffle
+
+PRUNING_ON_TFLM = (
+    "TFLite Micro stores tensors dense and has no sparse kernels: pruning saves no flash, RAM or inference time "
+    "on the device by itself. The zeros pay off only where the weights are compressed (see "
+    "`int8_weights_zlib_bytes`: a compressed firmware image or TFLM's weight compression)."
+)
+
+
+def require_legacy_keras(model: Any, argument: str, value: Any) -> None:
+    """Refuses pruning/QAT unless the process and the model use Keras 2 (tf_keras).
+
+    Raises:
+      ValueError: Naming the argument that requested tfmot and how to run it.
+    """
+    model_is_keras2 = type(model).__module__.startswith("tf_keras")
+    if not (USE_LEGACY_KERAS and model_is_keras2):
+        raise ValueError(
+            f"`{argument}={value!r}` needs tensorflow-model-optimization, which accepts only Keras 2 (tf_keras) "
+            "models. Run the process with TF_USE_LEGACY_KERAS=1 set before TensorFlow is imported and build the "
+            f"model there (keras_shufflenet then builds tf_keras models). Received a {type(model).__module__} model "
+            f"in a process with TF_USE_LEGACY_KERAS={'1' if USE_LEGACY_KERAS else 'unset'}."
+        )
+
+
+def _is_softmax_output(model: Any) -> bool:
+    activation = getattr(model.layers[-1], "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def _compile_for_finetuning(model: Any, learning_rate: float, classifier: Any) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not _is_softmax_output(classifier)),
+        metrics=["accuracy"],
+    )
+
+
+def _copy(model: Any) -> Any:
+    """A copy with its own layers, so fine-tuning never changes the caller's model."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _steps_per_epoch(train_data: Any) -> int:
+    import tensorflow as tf
+
+    cardinality = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -2
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("`train_data` must be a finite dataset (one epoch); received an infinite tf.data.Dataset.")
+    if cardinality < 0:
+        cardinality = sum(1 for _ in train_data)
+    if cardinality < 1:
+        raise ValueError("`train_data` is empty; fine-tuning needs at least one batch.")
+    return cardinality
+
+
+def is_prunable(layer: Any) -> bool:
+    """Conv2D (grouped or not) and Dense kernels; tfmot leaves DepthwiseConv2D dense."""
+    L = keras.layers
+    return isinstance(layer, (L.Conv2D, L.Dense)) and not isinstance(layer, L.DepthwiseConv2D)
+
+
+def prune(
+    model: Any,
+    train_data: Any,
+    sparsity: float,
+    epochs: int,
+    learning_rate: float = 2e-4,
+    verbose: int = 0,
+) -> Any:
+    """Magnitude-prunes conv and dense kernels to ``sparsity`` while fine-tuning, then strips the wrappers.
+
+    The sparsity follows a polynomial decay from 0 to ``sparsity`` over the
+    first three quarters of the fine-tuning steps (ten mask updates), so the
+    last quarter recovers accuracy at the final sparsity.
+
+    Args:
+      model: A tf_keras functional model (see :func:`require_legacy_keras`).
+      train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)`` batches.
+      sparsity: Target fraction of zero weights per pruned kernel, in (0, 1).
+      epochs: Fine-tuning epochs, ``>= 1``.
+      learning_rate: Adam learning rate of the fine-tuning. Defaults to `2e-4`.
+      verbose: Keras ``fit`` verbosity. Defaults to `0`.
+
+    Returns:
+      A new, stripped tf_keras model (the caller's model is not changed).
+
+    Raises:
+      ValueError: For an invalid argument or a Keras 3 model.
+    """
+    require_legacy_keras(model, "prune_sparsity", sparsity)
+    if not 0 < sparsity < 1:
+        raise ValueError(f"`prune_sparsity` must be in (0, 1). Received: prune_sparsity={sparsity!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`prune_epochs` must be an integer >= 1 when pruning. Received: prune_epochs={epochs!r}")
+    if train_data is None:
+        raise ValueError("`train_data` is required when `prune_sparsity` > 0 (pruning fine-tunes the model).")
+    import tensorflow_model_optimization as tfmot
+
+    total_steps = _steps_per_epoch(train_data) * epochs
+    pruning_steps = max(1, int(total_steps * 0.75))
+    updates = min(10, pruning_steps)
+    frequency = max(1, pruning_steps // updates)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=float(sparsity),
+        begin_step=0,
+        end_step=frequency * updates,  # A multiple of the frequency, so the last update reaches the target.
+        frequency=frequency,
+    )
+
+    def wrap(layer: Any) -> Any:
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule) if is_prunable(layer) else layer
+
+    pruned = keras.models.clone_model(_copy(model), clone_function=wrap)
+    _compile_for_finetuning(pruned, learning_rate, model)
+    pruned.fit(train_data, epochs=epochs, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=verbose)
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def weight_sparsity(model: Any) -> dict[str, Any]:
+    """Fraction of exactly-zero kernel weights per conv/dense layer, and which layers stayed dense.
+
+    Returns:
+      ``{"overall": ..., "prunable_overall": ..., "layers": {name: {...}},
+      "dense_layers": [names of layers tfmot does not prune]}``.
+    """
+    layers: dict[str, dict[str, Any]] = {}
+    zeros = total = prunable_zeros = prunable_total = 0
+    dense_layers = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # A tfmot wrapper holds the real layer.
+        kernel = getattr(inner, "depthwise_kernel", None)
+        if kernel is None:
+            kernel = getattr(inner, "kernel", None)
+        if kernel is None:
+            continue
+        values = np.asarray(kernel)
+        layer_zeros = int(np.count_nonzero(values == 0))
+        prunable = is_prunable(inner)
+        layers[layer.name] = {
+            "type": type(inner).__name__,
+            "weights": int(values.size),
+            "sparsity": round(layer_zeros / values.size, 4),
+            "pruned_by_tfmot": prunable,
+        }
+        zeros += layer_zeros
+        total += values.size
+        if prunable:
+            prunable_zeros += layer_zeros
+            prunable_total += values.size
+        else:
+            dense_layers.append(layer.name)
+    return {
+        "overall": round(zeros / total, 4) if total else 0.0,
+        "prunable_overall": round(prunable_zeros / prunable_total, 4) if prunable_total else 0.0,
+        "layers": layers,
+        "dense_layers": dense_layers,
+    }
+
+
+class NoOpQuantizeConfig:
+    """QAT config of ChannelShuffle: no fake-quant at all.
+
+    The shuffle is a pure permutation (RESHAPE/TRANSPOSE/RESHAPE in TFLite),
+    which int8 kernels run without requantizing: its output keeps its input's
+    scale and zero point, so no quantizer belongs around it.
+    """
+
+    def get_weights_and_quantizers(self, layer: Any) -> list:
+        return []
+
+    def get_activations_and_quantizers(self, layer: Any) -> list:
+        return []
+
+    def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
+        pass
+
+    def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
+        pass
+
+    def get_output_quantizers(self, layer: Any) -> list:
+        return []
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> NoOpQuantizeConfig:
+        return cls()
+
+
+def _quantize_config_base() -> type:
+    import tensorflow_model_optimization as tfmot
+
+    # Registered as a subclass so tfmot's isinstance checks accept it, without
+    # importing tfmot when the module loads under Keras 3.
+    return tfmot.quantization.keras.QuantizeConfig
+
+
+def qat_scope() -> contextlib.AbstractContextManager:
+    """The custom objects tfmot needs to clone or load a quantization-aware ShuffleNet."""
+    import tensorflow_model_optimization as tfmot
+
+    _quantize_config_base().register(NoOpQuantizeConfig)
+    return tfmot.quantization.keras.quantize_scope(
+        {"NoOpQuantizeConfig": NoOpQuantizeConfig, "ChannelShuffle": ChannelShuffle}
+    )
+
+
+def quantization_aware_training(
+    model: Any,
+    train_data: Any,
+    epochs: int,
+    learning_rate: float = 1e-4,
+    preserve_sparsity: bool = False,
+    verbose: int = 0,
+) -> Any:
+    """Fine-tunes with fake quantization placed where TFLite's int8 kernels quantize.
+
+    Conv + batch norm (+ ReLU) are folded as in the int8 graph; ChannelShuffle
+    gets :class:`NoOpQuantizeConfig`. With ``preserve_sparsity`` (after
+    pruning) tfmot's prune-preserving scheme keeps the zero weights at zero.
+
+    Args:
+      model: A tf_keras functional model (see :func:`require_legacy_keras`).
+      train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)`` batches.
+      epochs: Fine-tuning epochs, ``>= 1``.
+      learning_rate: Adam learning rate. Defaults to `1e-4`.
+      preserve_sparsity: Keep pruned weights at zero. Defaults to `False`.
+      verbose: Keras ``fit`` verbosity. Defaults to `0`.
+
+    Returns:
+      The quantization-aware tf_keras model; convert it with
+      :func:`keras_shufflenet.micro.convert.convert_int8`.
+    """
+    require_legacy_keras(model, "quantize", "qat")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`qat_epochs` must be an integer >= 1. Received: qat_epochs={epochs!r}")
+    if train_data is None:
+        raise ValueError("`train_data` is required when `quantize='qat'` (QAT fine-tunes the model).")
+    import tensorflow_model_optimization as tfmot
+
+    qk = tfmot.quantization.keras
+    _steps_per_epoch(train_data)  # Validates the dataset before the slow graph rewrite.
+
+    def annotate(layer: Any) -> Any:
+        if isinstance(layer, ChannelShuffle):
+            return qk.quantize_annotate_layer(layer, quantize_config=NoOpQuantizeConfig())
+        return layer
+
+    with qat_scope():
+        annotated = qk.quantize_annotate_model(keras.models.clone_model(_copy(model), clone_function=annotate))
+        if preserve_sparsity:
+            scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            qat_model = qk.quantize_apply(annotated, scheme)
+        else:
+            qat_model = qk.quantize_apply(annotated)
+    _compile_for_finetuning(qat_model, learning_rate, model)
+    qat_model.fit(train_data, epochs=epochs, verbose=verbose)
+    return qat_model

@@ -1,0 +1,354 @@
+"""Conversion to TensorFlow Lite: a static batch-1 graph, float and full-int8 models, the TFLM op check.
+
+TFLite Micro plans its memory ahead of time and can abort the whole process on
+a dynamic shape, so the model is re-instantiated on a ``(1, H, W, C)`` input
+and traced with that exact signature: every tensor of the converted graph has
+a static shape and no SHAPE/STRIDED_SLICE/PACK arithmetic on the batch size
+is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
+
+from keras_shufflenet.keras_compat import keras
+
+# Builtin operators that TFLite Micro implements, with the MicroMutableOpResolver
+# method that registers each one (tensorflow/lite/micro/micro_mutable_op_resolver.h).
+TFLM_OP_RESOLVER_METHODS: dict[str, str] = {
+    "ABS": "AddAbs",
+    "ADD": "AddAdd",
+    "ADD_N": "AddAddN",
+    "ARG_MAX": "AddArgMax",
+    "ARG_MIN": "AddArgMin",
+    "ASSIGN_VARIABLE": "AddAssignVariable",
+    "AVERAGE_POOL_2D": "AddAveragePool2D",
+    "BATCH_MATMUL": "AddBatchMatMul",
+    "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd",
+    "BROADCAST_ARGS": "AddBroadcastArgs",
+    "BROADCAST_TO": "AddBroadcastTo",
+    "CALL_ONCE": "AddCallOnce",
+    "CAST": "AddCast",
+    "CEIL": "AddCeil",
+    "CONCATENATION": "AddConcatenation",
+    "CONV_2D": "AddConv2D",
+    "COS": "AddCos",
+    "CUMSUM": "AddCumSum",
+    "DEPTH_TO_SPACE": "AddDepthToSpace",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
+    "DEQUANTIZE": "AddDequantize",
+    "DIV": "AddDiv",
+    "ELU": "AddElu",
+    "EMBEDDING_LOOKUP": "AddEmbeddingLookup",
+    "EQUAL": "AddEqual",
+    "EXP": "AddExp",
+    "EXPAND_DIMS": "AddExpandDims",
+    "FILL": "AddFill",
+    "FLOOR": "AddFloor",
+    "FLOOR_DIV": "AddFloorDiv",
+    "FLOOR_MOD": "AddFloorMod",
+    "FULLY_CONNECTED": "AddFullyConnected",
+    "GATHER": "AddGather",
+    "GATHER_ND": "AddGatherNd",
+    "GREATER": "AddGreater",
+    "GREATER_EQUAL": "AddGreaterEqual",
+    "HARD_SWISH": "AddHardSwish",
+    "IF": "AddIf",
+    "L2_NORMALIZATION": "AddL2Normalization",
+    "L2_POOL_2D": "AddL2Pool2D",
+    "LEAKY_RELU": "AddLeakyRelu",
+    "LESS": "AddLess",
+    "LESS_EQUAL": "AddLessEqual",
+    "LOG": "AddLog",
+    "LOG_SOFTMAX": "AddLogSoftmax",
+    "LOGICAL_AND": "AddLogicalAnd",
+    "LOGICAL_NOT": "AddLogicalNot",
+    "LOGICAL_OR": "AddLogicalOr",
+    "LOGISTIC": "AddLogistic",
+    "MAX_POOL_2D": "AddMaxPool2D",
+    "MAXIMUM": "AddMaximum",
+    "MEAN": "AddMean",
+    "MINIMUM": "AddMinimum",
+    "MIRROR_PAD": "AddMirrorPad",
+    "MUL": "AddMul",
+    "NEG": "AddNeg",
+    "NOT_EQUAL": "AddNotEqual",
+    "PACK": "AddPack",
+    "PAD": "AddPad",
+    "PADV2": "AddPadV2",
+    "PRELU": "AddPrelu",
+    "QUANTIZE": "AddQuantize",
+    "READ_VARIABLE": "AddReadVariable",
+    "REDUCE_MAX": "AddReduceMax",
+    "RELU": "AddRelu",
+    "RELU6": "AddRelu6",
+    "RESHAPE": "AddReshape",
+    "RESIZE_BILINEAR": "AddResizeBilinear",
+    "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor",
+    "ROUND": "AddRound",
+    "RSQRT": "AddRsqrt",
+    "SELECT_V2": "AddSelectV2",
+    "SHAPE": "AddShape",
+    "SIN": "AddSin",
+    "SLICE": "AddSlice",
+    "SOFTMAX": "AddSoftmax",
+    "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd",
+    "SPACE_TO_DEPTH": "AddSpaceToDepth",
+    "SPLIT": "AddSplit",
+    "SPLIT_V": "AddSplitV",
+    "SQRT": "AddSqrt",
+    "SQUARE": "AddSquare",
+    "SQUARED_DIFFERENCE": "AddSquaredDifference",
+    "SQUEEZE": "AddSqueeze",
+    "STRIDED_SLICE": "AddStridedSlice",
+    "SUB": "AddSub",
+    "SUM": "AddSum",
+    "SVDF": "AddSvdf",
+    "TANH": "AddTanh",
+    "TRANSPOSE": "AddTranspose",
+    "TRANSPOSE_CONV": "AddTransposeConv",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
+    "UNPACK": "AddUnpack",
+    "VAR_HANDLE": "AddVarHandle",
+    "WHILE": "AddWhile",
+    "ZEROS_LIKE": "AddZerosLike",
+}
+
+_BUILTIN_NAMES: dict[int, str] = {
+    code: name for name, code in vars(schema_fb.BuiltinOperator).items() if not name.startswith("_")
+}
+
+
+class UnsupportedOpError(ValueError):
+    """The converted model uses an operator that TFLite Micro does not implement."""
+
+
+def input_shape_of(model: Any) -> tuple[int, int, int]:
+    """The static ``(height, width, channels)`` of a single-input image model.
+
+    Raises:
+      ValueError: If the model does not have exactly one rank-4 input with
+        known height, width and channels.
+    """
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise ValueError(f"`model` must have exactly one input. Received a model with {len(inputs)} inputs.")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ValueError(
+            "`model` must take images of a static size (batch, height, width, channels) for a microcontroller "
+            f"export; build it with a full input_shape such as (96, 96, 3). Received input shape: {shape}"
+        )
+    return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
+
+
+def _clone_scope(model: Any) -> Any:
+    """Custom objects needed to clone the model (tfmot wrappers after QAT)."""
+    if any(type(layer).__module__.startswith("tensorflow_model_optimization") for layer in model.layers):
+        from keras_shufflenet.micro.compression import qat_scope
+
+        return qat_scope()
+    return contextlib.nullcontext()
+
+
+def static_batch_model(model: Any) -> Any:
+    """Re-instantiates ``model`` on a ``(1, H, W, C)`` input and copies its weights layer by layer.
+
+    Args:
+      model: A functional Keras model (Keras 3 or tf_keras) with one image input.
+
+    Returns:
+      A model with the same layers, names and weights whose every tensor has a
+      static shape with batch 1.
+    """
+    height, width, channels = input_shape_of(model)
+    image = keras.Input(batch_shape=(1, height, width, channels), name=model.inputs[0].name.split(":")[0])
+    with _clone_scope(model):
+        static = keras.models.clone_model(model, input_tensors=image)
+    for layer in static.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return static
+
+
+def _frozen_function(model: Any) -> Any:
+    """The inference graph of ``model`` at batch 1 with variables folded into constants."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    height, width, channels = input_shape_of(model)
+    spec = tf.TensorSpec((1, height, width, channels), tf.float32, name="image")
+    # Freezing the traced function converts in seconds; from_keras_model on a
+    # Keras 3 model goes through a SavedModel export that takes ten times longer.
+    concrete = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    return convert_variables_to_constants_v2(concrete)
+
+
+def convert_float(model: Any) -> bytes:
+    """Converts a (static batch-1) Keras model to a float32 ``.tflite`` flatbuffer."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model)])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return bytes(converter.convert())
+
+
+def convert_int8(model: Any, representative_samples: np.ndarray) -> bytes:
+    """Converts a Keras model (plain or quantization-aware) to a full-int8 ``.tflite`` flatbuffer.
+
+    Weights are quantized per channel (the converter's default for
+    convolutions), activations per tensor from the ranges seen on
+    ``representative_samples`` (or learned by QAT), and the input and output
+    are int8 so that a microcontroller never touches float.
+
+    Args:
+      model: The (static batch-1) Keras model.
+      representative_samples: Float array ``(N, H, W, C)`` of preprocessed
+        training images that calibrate the activation ranges.
+
+    Returns:
+      The flatbuffer bytes.
+
+    Raises:
+      ValueError: If an operator has no int8 kernel, naming the converter's error.
+    """
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model)])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None]] for sample in representative_samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    try:
+        return bytes(converter.convert())
+    except Exception as error:  # The converter raises ConverterError or RuntimeError.
+        raise ValueError(f"Full-int8 conversion failed (an op without an int8 kernel?): {error}") from error
+
+
+def representative_samples(
+    representative_data: Iterable[Any], input_shape: tuple[int, int, int], limit: int
+) -> np.ndarray:
+    """Collects up to ``limit`` single images from an iterable of preprocessed batches.
+
+    Args:
+      representative_data: Iterable of float batches ``(N, H, W, C)`` (numpy
+        arrays or tensors; a ``tf.data.Dataset`` works). Elements that are
+        ``(images, labels)`` tuples contribute their images.
+      input_shape: The model's ``(H, W, C)``.
+      limit: The number of images to collect, ``>= 1``.
+
+    Returns:
+      A float32 array ``(n, H, W, C)`` with ``1 <= n <= limit``.
+
+    Raises:
+      ValueError: If a batch has the wrong rank, image shape or dtype (for
+        example raw uint8 pixels that were not preprocessed), holds
+        non-finite values, or the data holds no image at all.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"`num_representative` must be an integer >= 1. Received: num_representative={limit!r}")
+    collected: list[np.ndarray] = []
+    count = 0
+    for index, element in enumerate(representative_data):
+        batch = element[0] if isinstance(element, (tuple, list)) else element
+        batch = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
+        where = f"`representative_data` batch {index}"
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(input_shape):
+            raise ValueError(
+                f"{where} must have shape (batch, {', '.join(map(str, input_shape))}) to match the model input. "
+                f"Received shape: {tuple(batch.shape)}"
+            )
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise ValueError(
+                f"{where} must be float images preprocessed like the training data "
+                f"(keras_shufflenet.preprocess_input). Received dtype: {batch.dtype}"
+            )
+        if not np.all(np.isfinite(batch)):
+            raise ValueError(f"{where} contains NaN or infinite values.")
+        take = batch[: limit - count].astype(np.float32)
+        collected.append(take)
+        count += len(take)
+        if count >= limit:
+            break
+    if count == 0:
+        raise ValueError("`representative_data` yielded no images; int8 calibration needs at least one.")
+    return np.concatenate(collected)
+
+
+def _model_object(tflite_model: bytes) -> Any:
+    return schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(tflite_model, 0))
+
+
+def _op_name(opcode: Any) -> str:
+    code = max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+    if code == schema_fb.BuiltinOperator.CUSTOM:
+        custom = opcode.customCode.decode() if isinstance(opcode.customCode, bytes) else opcode.customCode
+        return f"CUSTOM({custom})"
+    return _BUILTIN_NAMES.get(code, f"BUILTIN_{code}")
+
+
+def op_histogram(tflite_model: bytes) -> dict[str, int]:
+    """Counts the operators of a ``.tflite`` model, in order of first use."""
+    model = _model_object(tflite_model)
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            name = _op_name(model.operatorCodes[op.opcodeIndex])
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def check_tflm_ops(tflite_model: bytes) -> list[str]:
+    """Checks every operator against the set TFLite Micro implements.
+
+    Returns:
+      The model's operator names, sorted.
+
+    Raises:
+      UnsupportedOpError: Naming the operators TFLite Micro lacks.
+    """
+    ops = sorted(op_histogram(tflite_model))
+    missing = [op for op in ops if op not in TFLM_OP_RESOLVER_METHODS]
+    if missing:
+        raise UnsupportedOpError(
+            f"The converted model uses operators that TFLite Micro does not implement: {', '.join(missing)}. "
+            f"Supported operators: {', '.join(sorted(TFLM_OP_RESOLVER_METHODS))}."
+        )
+    return ops
+
+
+def check_static_shapes(tflite_model: bytes) -> None:
+    """Refuses a model whose tensors have dynamic (-1) dimensions, which TFLite Micro cannot plan."""
+    model = _model_object(tflite_model)
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors or []:
+            signature = tensor.shapeSignature
+            if signature is not None and any(int(d) < 0 for d in signature):
+                name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+                raise ValueError(
+                    f"Tensor '{name}' has a dynamic shape {list(signature)}; TFLite Micro needs static shapes."
+                )
+
+
+def io_quantization(tflite_model: bytes) -> dict[str, Any]:
+    """Shapes, dtypes and (scale, zero point) of the single input and output of a ``.tflite`` model."""
+    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    details = {}
+    for role, (info,) in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
+        scale, zero_point = info["quantization"]
+        details[role] = {
+            "shape": [int(d) for d in info["shape"]],
+            "dtype": np.dtype(info["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero_point),
+        }
+    return details
+
+
+def quantize_input(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float images to the int8 input of the quantized model, rounding like TFLite (half away from zero)."""
+    scaled = np.asarray(images, np.float32) / np.float32(scale)
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + zero_point, -128, 127).astype(np.int8)
