@@ -154,7 +154,9 @@ def test_shuffle_unit_config_and_saving_round_trip(tmp_path, rng):
     config = unit.get_config()
     for key, value in {"filters": 48, "groups": 3, "strides": 2, "first_pointwise_grouped": False}.items():
         assert config[key] == value
-    assert json.dumps(ShuffleUnit.from_config(config).get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
+    assert json.dumps(ShuffleUnit.from_config(config).get_config(), sort_keys=True) == json.dumps(
+        config, sort_keys=True
+    )
 
     x_in = rng.normal(size=(1, 8, 8, 24)).astype(np.float32)
     path = str(tmp_path / "units.keras")

@@ -59,7 +59,9 @@ def test_shuffle_unit_layer_profiles_like_the_inline_unit():
     full = profile(ShuffleNet(groups=3))
     inline = sum(c.macs for c in full.layers if c.name.startswith(("stage2_unit1_", "stage2_unit2_")))
     assert composite.macs == inline
-    assert composite.params == sum(c.params for c in full.layers if c.name.startswith(("stage2_unit1_", "stage2_unit2_")))
+    assert composite.params == sum(
+        c.params for c in full.layers if c.name.startswith(("stage2_unit1_", "stage2_unit2_"))
+    )
 
 
 def test_unknown_input_size_needs_input_shape():

@@ -140,7 +140,11 @@ def test_deterministic_names_and_shuffle_off():
     no_shuffle = ShuffleNet(input_shape=(32, 32, 3), shuffle=False)
     assert not [layer for layer in no_shuffle.layers if layer.name.endswith("_shuffle")]
     assert len([n for n in a if n.endswith("_shuffle")]) == 16
-    assert not [n for n in (layer.name for layer in ShuffleNet(groups=1, input_shape=(32, 32, 3)).layers) if n.endswith("_shuffle")]
+    assert not [
+        n
+        for n in (layer.name for layer in ShuffleNet(groups=1, input_shape=(32, 32, 3)).layers)
+        if n.endswith("_shuffle")
+    ]
 
 
 @pytest.mark.parametrize(

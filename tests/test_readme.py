@@ -1,0 +1,33 @@
+"""The README's Python examples run as written."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+def _python_blocks():
+    with open(README, encoding="utf-8") as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(_python_blocks()) >= 2
+
+
+@pytest.mark.slow
+def test_readme_examples_run(tmp_path):
+    script = tmp_path / "readme_examples.py"
+    script.write_text("\n".join(_python_blocks()))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(8, 10)" in result.stdout
+    assert "(None, 14, 14, 240)" in result.stdout
+    assert (tmp_path / "runs" / "readme_example" / "report.json").exists()

@@ -1,0 +1,294 @@
+"""Tests of training, evaluation, resume, export and the train/main.py entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_shufflenet
+from keras_shufflenet import data, training
+from keras_shufflenet.keras_compat import keras
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, "train", "main.py")
+
+
+def make_pattern_folder(root: str, per_class: int = 12, test_per_class: int = 4) -> None:
+    """Four classes of 32x32 gray images: a bright square in one quadrant, on noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label in range(4):
+            for i in range(count):
+                image = rng.integers(0, 60, (32, 32, 1), dtype=np.uint8)
+                top, left = 16 * (label // 2), 16 * (label % 2)
+                image[top + 3 : top + 13, left + 3 : left + 13] = 230
+                path = os.path.join(root, split, f"class{label}", f"{i:02d}.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def tiny_config(dataset_root: str, model_dir: str, **changes: object) -> training.TrainConfig:
+    config = training.TrainConfig(
+        dataset=f"folder:{dataset_root}",
+        model_dir=model_dir,
+        epochs=2,
+        batch_size=16,
+        input_size=32,
+        groups=3,
+        scale_factor=0.25,
+        learning_rate=0.01,
+        warmup_epochs=0,
+        verbose=0,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def config_flags(config: training.TrainConfig) -> list[str]:
+    return [f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config) if getattr(config, f.name)]
+
+
+def run_main(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, MAIN, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+        cwd=REPO,
+    )
+
+
+# ------------------------------------------------------------------ fast
+
+
+def test_every_flag_is_a_config_field() -> None:
+    with open(MAIN, encoding="utf-8") as f:
+        flag_names = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read())
+    assert flag_names == [f.name for f in dataclasses.fields(training.TrainConfig)]
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    cosine = training.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="cosine")
+    linear = training.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="linear")
+    values = {step: (float(cosine(step)), float(linear(step))) for step in (0, 4, 10, 35, 60, 110, 200)}
+    assert values[0] == pytest.approx((0.05, 0.05)) and values[4] == pytest.approx((0.25, 0.25))
+    assert values[10] == pytest.approx((0.5, 0.5))
+    assert values[35] == pytest.approx((0.5 * 0.5 * (1 + np.cos(np.pi / 4)), 0.375))
+    assert values[60] == pytest.approx((0.25, 0.25))
+    assert values[110] == pytest.approx((0.0, 0.0), abs=1e-7) and values[200] == pytest.approx((0.0, 0.0), abs=1e-7)
+    constant = training.WarmupDecaySchedule(0.1, total_steps=50, decay="constant")
+    assert float(constant(0)) == pytest.approx(0.1) and float(constant(49)) == pytest.approx(0.1)
+
+
+def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
+    model = keras_shufflenet.ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.25)
+    training.add_kernel_weight_decay(model, 4e-5)
+    expected = 0.0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            kernel = layer.get_weights()[0]
+            assert kernel.ndim in (2, 4)
+            expected += 2e-5 * float(np.sum(kernel.astype(np.float64) ** 2))
+    got = float(tf.add_n([tf.cast(loss, tf.float32) for loss in model.losses]))
+    assert len(model.losses) == 1 + 16 * 3 + 1  # conv1, three convs per unit, predictions.
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"mode": "serve"}, "mode must be one of"),
+        ({"strategy": "horovod"}, "strategy must be one of"),
+        ({"groups": 5}, r"groups must be one of \(1, 2, 3, 4, 8\). Received: groups=5"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"input_size": 16}, "input_size must be >= 32"),
+        ({"label_smoothing": 1.5}, "label_smoothing must be in"),
+        ({"quantize": "int4"}, "quantize must be one of"),
+    ],
+)
+def test_bad_config_values_are_named(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(training.ConfigError, match=message):
+        dataclasses.replace(training.TrainConfig(), **changes).validate()
+
+
+def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
+    two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
+    config = training.TrainConfig(model_dir=str(tmp_path), batch_size=33, verbose=0)
+    with pytest.raises(training.ConfigError, match="batch_size=33 is not divisible by the 2 replicas"):
+        training.train(config, strategy=two_replicas)
+
+
+def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "data")
+    make_pattern_folder(root, per_class=4, test_per_class=2)
+    calls = []
+    fake_micro = types.SimpleNamespace(export=lambda *args, **kwargs: calls.append((args, kwargs)) or {"ok": True})
+    monkeypatch.setitem(sys.modules, "keras_shufflenet.micro", fake_micro)
+    monkeypatch.setattr(keras_shufflenet, "micro", fake_micro, raising=False)
+    config = tiny_config(root, str(tmp_path / "run"), quantize="ptq", representative_samples=5, batch_size=4)
+    source = data.load_source(config.dataset)
+    model = training.build_model(config, source.num_classes, source.channels)
+    assert training.run_micro_export(config, model, source, config.pipeline_config()) == {"ok": True}
+    ((args, kwargs),) = calls
+    model_arg, representative, output_dir = args
+    assert model_arg is model and output_dir == config.model_dir
+    assert set(kwargs) == {
+        "eval_data",
+        "train_data",
+        "prune_sparsity",
+        "prune_epochs",
+        "quantize",
+        "labels",
+        "num_representative",
+    }
+    assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]
+    batches = list(representative)
+    assert sum(len(b) for b in batches) == 5 and batches[0].shape[1:] == (32, 32, 1)
+    assert batches[0].dtype == np.float32 and batches[0].min() >= -1 and batches[0].max() <= 1
+    images, labels = next(iter(kwargs["eval_data"]))
+    assert images.shape[1:] == (32, 32, 1) and labels.dtype == tf.int32
+    assert sum(int(tf.shape(y)[0]) for _, y in kwargs["train_data"]) == 16  # 4 batches, one pass.
+
+
+def test_cli_rejects_unknown_flag_values_in_one_line() -> None:
+    result = run_main(["--mode=serve"], timeout=60)
+    assert result.returncode != 0
+    assert "flag --mode=serve" in result.stderr and "train" in result.stderr
+
+
+def test_cli_rejects_unknown_dataset_in_one_line(tmp_path: os.PathLike) -> None:
+    result = run_main(["--dataset=no_such_dataset_xyz", f"--model_dir={tmp_path}"], timeout=120)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: dataset 'no_such_dataset_xyz' is not a TensorFlow Datasets name"), last
+
+
+# ------------------------------------------------------------------ slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[training.TrainConfig, dict]:
+    root = str(tmp_path_factory.mktemp("data"))
+    make_pattern_folder(root)
+    with open(os.path.join(root, "train", "class0", "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not really")
+    config = tiny_config(root, str(tmp_path_factory.mktemp("run")))
+    return config, training.train(config)
+
+
+@pytest.mark.slow
+def test_training_writes_metrics_model_checkpoint_and_plot(trained: tuple[training.TrainConfig, dict]) -> None:
+    config, metrics = trained
+    with open(os.path.join(config.model_dir, "metrics.json"), encoding="utf-8") as f:
+        on_disk = json.load(f)
+    for key in ("eval_top1", "eval_top5", "train_images_per_sec", "wall_seconds", "resumed_from_epoch"):
+        assert on_disk[key] == pytest.approx(metrics[key])
+    assert on_disk["resumed_from_epoch"] == 0 and on_disk["skipped_images"] == 1
+    assert 0 <= on_disk["eval_top1"] <= on_disk["eval_top5"] == 1.0  # 4 classes: top-5 covers all.
+    assert on_disk["train_images_per_sec"] > 0 and on_disk["epochs"] == 2 and on_disk["steps_per_epoch"] == 2
+    with open(os.path.join(config.model_dir, "checkpoints", "state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    assert state["epoch"] == 2 and state["history"]["epoch"] == [1, 2] and len(state["history"]["val_top1"]) == 2
+    with open(os.path.join(config.model_dir, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.isdir(os.path.join(config.model_dir, "logs", "train"))
+    with open(os.path.join(config.model_dir, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["scale_factor"] == 0.25
+
+    # The .keras file and the SavedModel compute the same function.
+    model = training.load_saved_model(os.path.join(config.model_dir, "model.keras"))
+    images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)
+    saved = tf.saved_model.load(os.path.join(config.model_dir, "saved_model"))
+    np.testing.assert_allclose(saved.serve(images).numpy(), model.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_mode_reproduces_the_training_eval(trained: tuple[training.TrainConfig, dict]) -> None:
+    config, metrics = trained
+    result = training.evaluate(dataclasses.replace(config, mode="eval", input_size=64))
+    assert result["eval_top1"] == pytest.approx(metrics["eval_top1"])
+    assert result["eval_top5"] == pytest.approx(metrics["eval_top5"])
+    assert result["num_eval_images"] == 16
+    assert os.path.exists(os.path.join(config.model_dir, "eval_metrics.json"))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    trained: tuple[training.TrainConfig, dict], tmp_path: os.PathLike
+) -> None:
+    config, _ = trained
+    model_dir = str(tmp_path / "diverging")
+    shutil.copytree(config.model_dir, model_dir)
+    diverging = dataclasses.replace(config, model_dir=model_dir, epochs=4, optimizer="sgd", learning_rate=1e30)
+    with pytest.raises(
+        training.TrainingDivergedError, match=r"NaN or infinite at epoch 3.*Last good checkpoint: epoch 2"
+    ):
+        training.train(diverging)
+    with open(os.path.join(model_dir, "checkpoints", "state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    assert state["epoch"] == 2 and state["checkpoint"] == "epoch-0002"
+    assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_from_its_last_completed_epoch(tmp_path: os.PathLike) -> None:
+    root = str(tmp_path / "data")
+    make_pattern_folder(root, per_class=24)
+    model_dir = str(tmp_path / "run")
+    # 6 steps per epoch; the process is killed as soon as epoch 1 is checkpointed.
+    args = config_flags(tiny_config(root, model_dir, epochs=4, batch_size=16))
+    state_path = os.path.join(model_dir, "checkpoints", "state.json")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen([sys.executable, MAIN, *args], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(state_path) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the first run must be killed, not finish"
+    with open(state_path, encoding="utf-8") as f:
+        killed_at = json.load(f)["epoch"]
+    assert 1 <= killed_at < 4
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+    result = run_main(args, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["resumed_from_epoch"] == killed_at
+    with open(state_path, encoding="utf-8") as f:
+        assert json.load(f)["history"]["epoch"] == [1, 2, 3, 4]
+    with open(os.path.join(model_dir, "flags.txt"), encoding="utf-8") as f:
+        assert "--epochs=4" in f.read().splitlines()
+
+
+@pytest.mark.slow
+def test_pruning_flag_restarts_under_keras_2_and_trains(tmp_path: os.PathLike) -> None:
+    root = str(tmp_path / "data")
+    make_pattern_folder(root, per_class=8, test_per_class=2)
+    model_dir = str(tmp_path / "run")
+    args = config_flags(tiny_config(root, model_dir, epochs=1, prune_sparsity=0.5))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run(
+        [sys.executable, MAIN, *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["keras"].startswith("2."), "the run must have restarted itself with tf_keras"
+    assert 0 <= metrics["eval_top1"] <= 1 and os.path.exists(os.path.join(model_dir, "model.keras"))
