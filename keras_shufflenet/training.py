@@ -264,7 +264,8 @@ def decayed_kernels(model: keras.Model) -> list[Any]:
     for layer in model.layers:
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             # Keras 2 names it `depthwise_kernel`, Keras 3 `kernel`.
-            kernels.append(getattr(layer, "depthwise_kernel", None) or layer.kernel)
+            kernel = getattr(layer, "depthwise_kernel", None)
+            kernels.append(kernel if kernel is not None else layer.kernel)
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             kernels.append(layer.kernel)
     return kernels
@@ -351,13 +352,19 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
     """Creates the ``tf.distribute`` strategy called ``name``.
 
     ``"multi_worker"`` reads the cluster from ``TF_CONFIG``; it must be
-    created before any other TensorFlow op runs in the process.
+    created before any other TensorFlow op runs in the process, and it needs
+    Keras 2 (``TF_USE_LEGACY_KERAS=1``).
     """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
+        if not USE_LEGACY_KERAS:
+            raise ConfigError(
+                "strategy=multi_worker needs Keras 2: Keras 3's fit does not run under MultiWorkerMirroredStrategy "
+                "(keras-team/keras#20585). Set TF_USE_LEGACY_KERAS=1 (train/main.py does so itself)."
+            )
         if "TF_CONFIG" not in os.environ:
             raise ConfigError("strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task).")
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -486,12 +493,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
       directory: Where this worker writes checkpoints.
       history: Metrics of earlier epochs (from a resumed state); extended in place.
       keep: Checkpoints kept on disk.
+      extra_state: More entries for ``state.json`` (e.g. the optimizer name).
     """
 
     def __init__(
-        self, checkpoint: tf.train.Checkpoint, directory: str, history: dict[str, list[Any]], keep: int = 2
+        self,
+        checkpoint: tf.train.Checkpoint,
+        directory: str,
+        history: dict[str, list[Any]],
+        keep: int = 2,
+        extra_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.extra_state = dict(extra_state or {})
         self.checkpoint = checkpoint
         self.directory = directory
         self.history = history
@@ -536,7 +550,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.checkpoint.write(prefix)
         write_json_atomic(
             os.path.join(self.directory, STATE_FILE),
-            {"epoch": epoch, "checkpoint": os.path.basename(prefix), "history": self.history},
+            {**self.extra_state, "epoch": epoch, "checkpoint": os.path.basename(prefix), "history": self.history},
         )
         self.last_saved_epoch = epoch
         self._remove_old(epoch)
@@ -686,11 +700,27 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if state:
             prefix = os.path.join(config.model_dir, CHECKPOINT_DIR, state["checkpoint"])
-            checkpoint.read(prefix).expect_partial()
+            if state.get("optimizer", config.optimizer) == config.optimizer:
+                checkpoint.read(prefix).expect_partial()
+            else:  # Another optimizer's slots do not fit; keep the weights and the step count.
+                _log.warning(
+                    "Resuming with optimizer %s instead of %s: its state starts fresh.",
+                    config.optimizer,
+                    state["optimizer"],
+                )
+                with strategy.scope():
+                    tf.train.Checkpoint(model=model).read(prefix).expect_partial()
+                    optimizer.iterations.assign(resumed_from * steps)
             _log.info("Resuming from epoch %d (%s).", resumed_from, prefix)
 
         history: dict[str, list[Any]] = state["history"] if state else {}
-        saver = EpochCheckpoint(checkpoint, os.path.join(output_dir, CHECKPOINT_DIR), history, KEEP_CHECKPOINTS)
+        saver = EpochCheckpoint(
+            checkpoint,
+            os.path.join(output_dir, CHECKPOINT_DIR),
+            history,
+            KEEP_CHECKPOINTS,
+            extra_state={"optimizer": config.optimizer},
+        )
         callbacks = [saver]
         if _tensorboard_available():
             callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(output_dir, "logs")))

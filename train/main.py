@@ -6,9 +6,9 @@ Usage:
 
 Every flag is a field of ``keras_shufflenet.training.TrainConfig``. The
 resolved flags are written to ``model_dir/flags.txt``, itself a flagfile.
-Pruning and quantization-aware training need Keras 2 (tf_keras): for them the
-script restarts itself with ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is
-imported.
+Pruning, quantization-aware training and multi-worker training need Keras 2
+(tf_keras): for them the script restarts itself with ``TF_USE_LEGACY_KERAS=1``
+before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ from absl import app, flags
 
 # Nothing here may import TensorFlow: the Keras flavour is chosen at import.
 
-flags.DEFINE_string(
-    "dataset", "mnist5k", "A TFDS name (mnist5k, cifar10, imagenet2012, ...) or folder:PATH."
-)
+flags.DEFINE_string("dataset", "mnist5k", "A TFDS name (mnist5k, cifar10, imagenet2012, ...) or folder:PATH.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (manual downloads in data_dir/downloads/manual).")
 flags.DEFINE_string("model_dir", "runs/default", "Directory for checkpoints, logs, the saved model and metrics.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if model_dir has a checkpoint) or eval.")
 flags.DEFINE_integer("epochs", 10, "Training epochs (ignored when --train_steps > 0).", lower_bound=1)
-flags.DEFINE_integer(
-    "train_steps", 0, "Total training steps (rounded up to whole epochs); 0: --epochs.", lower_bound=0
-)
+flags.DEFINE_integer("train_steps", 0, "Total training steps (rounded up to whole epochs); 0: --epochs.", lower_bound=0)
 flags.DEFINE_integer("batch_size", 128, "Global batch size, divisible by the number of replicas.", lower_bound=1)
 flags.DEFINE_integer("eval_batch_size", 0, "Eval batch size; 0 uses --batch_size.", lower_bound=0)
 flags.DEFINE_integer("input_size", 32, "Model input height and width (>= 32); images are resized.", lower_bound=1)
@@ -84,8 +80,13 @@ LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 
 def needs_legacy_keras() -> bool:
-    """Pruning and QAT use tensorflow-model-optimization, which accepts only Keras 2 models."""
-    return FLAGS.prune_sparsity > 0 or FLAGS.quantize == "qat"
+    """Whether the run needs Keras 2 (tf_keras).
+
+    Pruning and QAT use tensorflow-model-optimization, which accepts only
+    Keras 2 models; Keras 3's ``fit`` does not run under
+    MultiWorkerMirroredStrategy (keras-team/keras#20585).
+    """
+    return FLAGS.prune_sparsity > 0 or FLAGS.quantize == "qat" or FLAGS.strategy == "multi_worker"
 
 
 def write_flagfile(model_dir: str) -> None:

@@ -49,11 +49,17 @@ def _is_softmax_output(model: Any) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
 
 
-def _compile_for_finetuning(model: Any, learning_rate: float, classifier: Any) -> None:
+# Tracing a tf_keras training step of the whole ShuffleNet graph takes tens of
+# seconds; for a handful of steps running eagerly is faster.
+_EAGER_MAX_STEPS = 16
+
+
+def _compile_for_finetuning(model: Any, learning_rate: float, classifier: Any, total_steps: int) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not _is_softmax_output(classifier)),
         metrics=["accuracy"],
+        run_eagerly=total_steps <= _EAGER_MAX_STEPS,
     )
 
 
@@ -133,10 +139,12 @@ def prune(
     )
 
     def wrap(layer: Any) -> Any:
-        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule) if is_prunable(layer) else layer
+        if is_prunable(layer):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
 
     pruned = keras.models.clone_model(_copy(model), clone_function=wrap)
-    _compile_for_finetuning(pruned, learning_rate, model)
+    _compile_for_finetuning(pruned, learning_rate, model, total_steps)
     pruned.fit(train_data, epochs=epochs, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=verbose)
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
@@ -153,12 +161,11 @@ def weight_sparsity(model: Any) -> dict[str, Any]:
     dense_layers = []
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)  # A tfmot wrapper holds the real layer.
-        kernel = getattr(inner, "depthwise_kernel", None)
-        if kernel is None:
-            kernel = getattr(inner, "kernel", None)
-        if kernel is None:
+        # By variable name: inside a QAT wrapper `inner.kernel` is the fake-quantized tensor.
+        kernels = [w for w in layer.weights if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")]
+        if not kernels:
             continue
-        values = np.asarray(kernel)
+        values = np.asarray(kernels[0])
         layer_zeros = int(np.count_nonzero(values == 0))
         prunable = is_prunable(inner)
         layers[layer.name] = {
@@ -227,7 +234,10 @@ def qat_scope() -> contextlib.AbstractContextManager:
 
     _quantize_config_base().register(NoOpQuantizeConfig)
     return tfmot.quantization.keras.quantize_scope(
-        {"NoOpQuantizeConfig": NoOpQuantizeConfig, "ChannelShuffle": ChannelShuffle}
+        {
+            "NoOpQuantizeConfig": NoOpQuantizeConfig,
+            "ChannelShuffle": ChannelShuffle,
+        }
     )
 
 
@@ -242,7 +252,10 @@ def quantization_aware_training(
     """Fine-tunes with fake quantization placed where TFLite's int8 kernels quantize.
 
     Conv + batch norm (+ ReLU) are folded as in the int8 graph; ChannelShuffle
-    gets :class:`NoOpQuantizeConfig`. With ``preserve_sparsity`` (after
+    gets :class:`NoOpQuantizeConfig`. tfmot quantizes the Dense kernel per
+    tensor (per channel does not convert: the converter's kernel transpose
+    rejects it), and for that per-tensor FULLY_CONNECTED TFLite Micro and
+    TFLite's reference kernels round differently by an LSB or so. With ``preserve_sparsity`` (after
     pruning) tfmot's prune-preserving scheme keeps the zero weights at zero.
 
     Args:
@@ -265,7 +278,7 @@ def quantization_aware_training(
     import tensorflow_model_optimization as tfmot
 
     qk = tfmot.quantization.keras
-    _steps_per_epoch(train_data)  # Validates the dataset before the slow graph rewrite.
+    total_steps = _steps_per_epoch(train_data) * epochs  # Also validates the dataset before the graph rewrite.
 
     def annotate(layer: Any) -> Any:
         if isinstance(layer, ChannelShuffle):
@@ -279,6 +292,6 @@ def quantization_aware_training(
             qat_model = qk.quantize_apply(annotated, scheme)
         else:
             qat_model = qk.quantize_apply(annotated)
-    _compile_for_finetuning(qat_model, learning_rate, model)
+    _compile_for_finetuning(qat_model, learning_rate, model, total_steps)
     qat_model.fit(train_data, epochs=epochs, verbose=verbose)
     return qat_model

@@ -300,6 +300,24 @@ def op_histogram(tflite_model: bytes) -> dict[str, int]:
     return counts
 
 
+def int8_weight_zero_fraction(tflite_model: bytes) -> float:
+    """Fraction of zeros among the int8 filters of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
+    model = _model_object(tflite_model)
+    zeros = total = 0
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            if _op_name(model.operatorCodes[op.opcodeIndex]) not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema_fb.TensorType.INT8 or data is None:
+                continue
+            values = np.asarray(data, dtype=np.uint8)
+            zeros += int(np.count_nonzero(values == 0))
+            total += values.size
+    return round(zeros / total, 4) if total else 0.0
+
+
 def check_tflm_ops(tflite_model: bytes) -> list[str]:
     """Checks every operator against the set TFLite Micro implements.
 

@@ -7,8 +7,10 @@ exporting process. This script is run by path and imports only numpy and
 
 Usage:
   tflm_worker.py probe MODEL ARENA_BYTES         exit 0 if the model allocates and runs, 3 if the arena is too small
-  tflm_worker.py allocations MODEL ARENA_BYTES   prints TFLM's arena accounting to stderr after one run
   tflm_worker.py run MODEL ARENA_BYTES IN OUT    runs every int8 input of IN.npy (N, ...) and saves outputs to OUT.npy
+  tflm_worker.py search MODEL LOW HIGH MAX       bisects the smallest arena in (LOW, HIGH], doubling HIGH up to MAX
+                                                 while it fails; prints "try N", then "ok N" or "fail N" per probe
+                                                 (so a parent can resume after an abort) and finally "min N"
 """
 
 import sys
@@ -18,6 +20,10 @@ from tflite_micro.python.tflite_micro import runtime
 
 # Exit status of "the arena is too small" (or any other error TFLM reports as an exception).
 EXIT_TFLM_ERROR = 3
+# Exit status of a search that found no arena up to MAX.
+EXIT_NO_FIT = 4
+# TFLM aligns arena allocations to 16 bytes.
+ALIGNMENT = 16
 
 
 def _interpreter(model_path: str, arena_bytes: int) -> "runtime.Interpreter":
@@ -30,15 +36,44 @@ def _run_one(interpreter: "runtime.Interpreter", sample: np.ndarray) -> np.ndarr
     return np.array(interpreter.get_output(0))
 
 
+def _fits(model_path: str, arena_bytes: int) -> bool:
+    print(f"try {arena_bytes}", flush=True)
+    try:
+        interpreter = _interpreter(model_path, arena_bytes)
+        details = interpreter.get_input_details(0)
+        _run_one(interpreter, np.zeros(details["shape"][1:], dtype=details["dtype"]))
+        fits = True
+    except RuntimeError:
+        fits = False
+    print(f"{'ok' if fits else 'fail'} {arena_bytes}", flush=True)
+    return fits
+
+
+def _search(model_path: str, low: int, high: int, max_bytes: int) -> int:
+    while not _fits(model_path, high):
+        if high >= max_bytes:
+            return EXIT_NO_FIT
+        low, high = high, min(high * 2, max_bytes)
+    while high - low > ALIGNMENT:
+        middle = -(-((low + high) // 2) // ALIGNMENT) * ALIGNMENT
+        middle = min(middle, high - ALIGNMENT)
+        if _fits(model_path, middle):
+            high = middle
+        else:
+            low = middle
+    print(f"min {high}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[1] == "search":
+        return _search(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     mode, model_path, arena_bytes = argv[1], argv[2], int(argv[3])
     try:
         interpreter = _interpreter(model_path, arena_bytes)
         details = interpreter.get_input_details(0)
-        if mode in ("probe", "allocations"):
+        if mode == "probe":
             _run_one(interpreter, np.zeros(details["shape"][1:], dtype=details["dtype"]))
-            if mode == "allocations":
-                interpreter.print_allocations()
             return 0
         if mode == "run":
             inputs = np.load(argv[4])

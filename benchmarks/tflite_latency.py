@@ -1,0 +1,115 @@
+"""TFLite on the CPU: latency of float32 and full-int8 models at 224x224, one thread, default kernels.
+
+``tf.lite.Interpreter(num_threads=1)`` with its default op resolver, which
+delegates the supported ops to XNNPACK. All interpreters are timed in
+interleaved rounds; the tables give the median over the rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.common import (
+    PAIRS_224,
+    PEERS_224,
+    ModelSpec,
+    convert_float,
+    convert_int8,
+    interleaved_medians,
+    markdown_table,
+    set_batch_norm_statistics,
+)
+from keras_shufflenet.profiling import profile
+
+INPUT_SHAPE = (224, 224, 3)
+CLASSES = 1000
+PRECISIONS = ("float32", "int8")
+
+
+def _invoker(tflite_model: bytes, seed: int) -> Any:
+    """A zero-argument callable that runs one inference on a fixed random input."""
+    interpreter = tf.lite.Interpreter(model_content=tflite_model, num_threads=1)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(detail["dtype"], np.integer):
+        sample = rng.integers(-128, 128, size=detail["shape"]).astype(detail["dtype"])
+    else:
+        sample = rng.uniform(-1, 1, size=detail["shape"]).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], sample)
+    interpreter.invoke()  # The first invoke prepares the delegate.
+    return interpreter.invoke
+
+
+def measure(
+    models: tuple[ModelSpec, ...] = PEERS_224, rounds: int = 5, min_seconds: float = 0.5
+) -> dict[ModelSpec, dict[str, Any]]:
+    """Milliseconds per inference of every model in float32 and int8.
+
+    Returns:
+      Per model: ``"mmacs"``, the ``.tflite`` sizes (``"<precision> bytes"``)
+      and the latency (``"<precision> ms"``).
+    """
+    invokers: dict[tuple[ModelSpec, str], Any] = {}
+    results: dict[ModelSpec, dict[str, Any]] = {}
+    for index, spec in enumerate(models):
+        model = spec.build(INPUT_SHAPE, CLASSES, batch_size=1)
+        set_batch_norm_statistics(model)
+        results[spec] = {"mmacs": profile(model).macs / 1e6}
+        for precision, tflite_model in (("float32", convert_float(model)), ("int8", convert_int8(model))):
+            results[spec][f"{precision} bytes"] = len(tflite_model)
+            invokers[(spec, precision)] = _invoker(tflite_model, seed=index)
+        print(f"  TFLite {spec.label}: converted", flush=True)
+    seconds = interleaved_medians(invokers, rounds=rounds, min_seconds=min_seconds, min_calls=3, warmup_calls=1)
+    for (spec, precision), per_call in seconds.items():
+        results[spec][f"{precision} ms"] = 1e3 * per_call
+    return results
+
+
+def report(results: dict[ModelSpec, dict[str, Any]], rounds: int, min_seconds: float) -> str:
+    """The markdown section: latency per model and the ShuffleNet / peer ratios."""
+    rows = [
+        [
+            spec.label,
+            f"{r['mmacs']:.1f}",
+            f"{r['float32 ms']:.2f}",
+            f"{r['int8 ms']:.2f}",
+            f"{r['float32 ms'] / r['int8 ms']:.2f}",
+            f"{r['int8 ms'] / r['mmacs']:.3f}",  # ms per MMAC = ns per MAC.
+        ]
+        for spec, r in results.items()
+    ]
+    ratio_rows = []
+    for shufflenet, peer in PAIRS_224:
+        if shufflenet in results and peer in results:
+            s, p = results[shufflenet], results[peer]
+            ratio_rows.append(
+                [
+                    f"{shufflenet.label} / {peer.label}",
+                    f"{s['mmacs'] / p['mmacs']:.2f}",
+                    *(f"{s[f'{precision} ms'] / p[f'{precision} ms']:.2f}" for precision in PRECISIONS),
+                    f"{(s['int8 ms'] / s['mmacs']) / (p['int8 ms'] / p['mmacs']):.2f}",
+                ]
+            )
+    return "\n\n".join(
+        [
+            f"224×224×3, 1000 classes, static batch of 1, `tf.lite.Interpreter(num_threads=1)` with the default "
+            f"kernels (XNNPACK). Int8 is full-integer (int8 input and output). Median of {rounds} interleaved "
+            f"rounds of at least {min_seconds:g} s and 3 invokes per model and precision, after one untimed "
+            "invoke.",
+            markdown_table(
+                ["model", "MMACs", "float32 ms", "int8 ms", "int8 speed-up", "int8 ns / MAC"],
+                rows,
+            ),
+            "Ratios ShuffleNet / peer (< 1: ShuffleNet is faster).",
+            markdown_table(["pair", "MACs", "float32 latency", "int8 latency", "int8 latency per MAC"], ratio_rows),
+        ]
+    )
+
+
+def run(rounds: int = 5, min_seconds: float = 0.5) -> tuple[str, dict[ModelSpec, dict[str, Any]]]:
+    results = measure(rounds=rounds, min_seconds=min_seconds)
+    return report(results, rounds, min_seconds), results

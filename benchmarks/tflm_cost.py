@@ -1,0 +1,378 @@
+"""TFLite Micro at 96x96x3, 2 classes (the MLPerf Tiny visual-wake-words setting): the cost on a microcontroller.
+
+For every model, full int8:
+
+* instructions of one inference: ``valgrind --tool=callgrind`` counts the
+  instructions executed inside ``MicroInterpreter::Invoke()`` (TFLM's
+  reference kernels, compiled for x86). Unlike wall-clock time on a shared
+  machine they repeat exactly, and they rank models as a microcontroller's
+  cycle count would;
+* the smallest tensor arena it runs in, found by bisection with each probe in
+  a child process (TFLM aborts the process on some allocation failures);
+* flash: the size of the ``.tflite`` flatbuffer;
+* per-op shares: ``callgrind_annotate --inclusive=yes`` gives the
+  instructions of each kernel's ``Eval`` function, mapped to its op type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from benchmarks.common import (
+    ModelSpec,
+    convert_int8,
+    markdown_table,
+    mobilenet,
+    set_batch_norm_statistics,
+    shufflenet,
+)
+from keras_shufflenet.profiling import profile
+
+INPUT_SHAPE = (96, 96, 3)
+CLASSES = 2
+MOBILENET_VWW = mobilenet(0.25)  # The MLPerf Tiny visual-wake-words reference model.
+SHUFFLENET_05X_G3 = shufflenet(0.5, 3)
+MODELS: tuple[ModelSpec, ...] = (
+    shufflenet(0.25, 3),
+    shufflenet(0.25, 8),
+    SHUFFLENET_05X_G3,
+    shufflenet(0.5, 8),
+    MOBILENET_VWW,
+)
+# Models whose instructions are broken down per op.
+PER_OP_MODELS: tuple[ModelSpec, ...] = (SHUFFLENET_05X_G3, MOBILENET_VWW)
+
+_RUN_ONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_run_one.py")
+_INVOKE = "tflite::micro::MicroInterpreter::Invoke()"
+# TFLM aligns arena allocations to 16 bytes; a finer search means nothing.
+_ARENA_ALIGNMENT = 16
+_MAX_ARENA_BYTES = 64 * 2**20
+
+# Kernel Eval function (its unqualified name in the TFLM library) -> op type.
+_EVAL_TO_OP = {
+    "ConvEval": "CONV_2D",
+    "DepthwiseConvEval": "DEPTHWISE_CONV_2D",
+    "AddEval": "ADD",
+    "TransposeEval": "TRANSPOSE",
+    "EvalReshapeReference": "RESHAPE",
+    "ReluEval": "RELU",
+    "Relu6Eval": "RELU6",
+    "MaxEval": "MAX_POOL_2D",
+    "AverageEval": "AVERAGE_POOL_2D",
+    "ConcatenationEval": "CONCATENATION",
+    "EvalMean": "MEAN",
+    "FullyConnectedEval": "FULLY_CONNECTED",
+    "SoftmaxEval": "SOFTMAX",
+    "QuantizeEval": "QUANTIZE",
+    "DequantizeEval": "DEQUANTIZE",
+    "PadEval": "PAD",
+}
+_ANNOTATE_LINE = re.compile(
+    r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
+)
+# MACs of these Keras layer types run in these TFLite ops.
+_LAYER_TO_OP = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
+
+
+@dataclasses.dataclass
+class TFLMCost:
+    """The microcontroller cost of one model.
+
+    Attributes:
+      macs: Multiply-accumulates of one inference (``profile``).
+      params: Parameters of the Keras model (``count_params``: weights,
+        biases and batch-norm statistics, before batch norm is folded).
+      flash_bytes: Size of the full-int8 ``.tflite`` file.
+      arena_bytes: Smallest tensor arena (multiple of 16) in which it ran on this 64-bit host.
+      instructions: Instructions executed in one ``MicroInterpreter::Invoke()``.
+      op_instructions: Instructions per op type (inclusive, kernel Eval functions).
+      op_macs: MACs per op type.
+      op_counts: Number of ops of each type in the ``.tflite`` graph.
+      flash_parts: :func:`flash_breakdown` of the ``.tflite`` file.
+    """
+
+    macs: int
+    params: int
+    flash_bytes: int
+    arena_bytes: int
+    instructions: int
+    op_instructions: dict[str, int]
+    op_macs: dict[str, int]
+    op_counts: dict[str, int]
+    flash_parts: dict[str, int]
+
+    @property
+    def instructions_per_mac(self) -> float:
+        return self.instructions / self.macs
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.flash_bytes / self.params
+
+
+def _runs(model_path: str, arena_bytes: int) -> bool:
+    """Whether TFLM allocates and runs the model in ``arena_bytes`` (in a child process)."""
+    result = subprocess.run(
+        [sys.executable, _RUN_ONE, model_path, str(arena_bytes)], capture_output=True, text=True, check=False
+    )
+    return result.returncode == 0  # An arena too small either raises (status 3) or aborts (SIGABRT).
+
+
+def smallest_arena(model_path: str) -> int:
+    """The smallest tensor arena, a multiple of 16 bytes, in which the model runs (bisection)."""
+    high = 256 * 1024
+    while not _runs(model_path, high):
+        high *= 2
+        if high > _MAX_ARENA_BYTES:
+            raise RuntimeError(f"{model_path} does not run in TFLite Micro even with {_MAX_ARENA_BYTES} bytes.")
+    low = 0  # Known not to run.
+    while high - low > _ARENA_ALIGNMENT:
+        middle = (low + high) // 2 // _ARENA_ALIGNMENT * _ARENA_ALIGNMENT
+        if _runs(model_path, middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def count_instructions(model_path: str, arena_bytes: int, callgrind_out: str) -> tuple[int, dict[str, int]]:
+    """Instructions of one inference and their split per op type, by callgrind.
+
+    Returns:
+      The total inside ``Invoke()`` and the inclusive instructions of each
+      op type's kernel Eval function; what no Eval function accounts for
+      (the interpreter's loop over the ops) is under ``"(interpreter)"``.
+    """
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={callgrind_out}",
+        "--collect-atstart=no",
+        f"--toggle-collect={_INVOKE}",
+        sys.executable,
+        _RUN_ONE,
+        model_path,
+        str(arena_bytes),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = re.search(r"Collected\s*:\s*(\d+)", result.stderr)
+    if result.returncode != 0 or not match or int(match.group(1)) == 0:
+        raise RuntimeError(f"callgrind failed on {model_path}: {result.stderr[-2000:]}")
+    total = int(match.group(1))
+    annotate = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", callgrind_out],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    per_op: dict[str, int] = {}
+    for line in annotate.splitlines():
+        parsed = _ANNOTATE_LINE.match(line)
+        if parsed and parsed.group(2) in _EVAL_TO_OP:
+            op = _EVAL_TO_OP[parsed.group(2)]
+            per_op[op] = per_op.get(op, 0) + int(parsed.group(1).replace(",", ""))
+    per_op["(interpreter)"] = total - sum(per_op.values())
+    return total, per_op
+
+
+def flash_breakdown(tflite_model: bytes) -> dict[str, int]:
+    """Bytes of the ``.tflite`` file by what they hold.
+
+    Returns:
+      ``"int8 weights"`` and ``"int32 biases and shapes"`` (constant tensor data),
+      ``"quantization"`` (per-channel and per-tensor scales and zero points,
+      stored as float32 and int64), ``"tensor names"``, and ``"graph"``: the
+      rest (tensor shapes and headers, operators, flatbuffer padding).
+    """
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
+
+    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(tflite_model, 0))
+    parts = {"int8 weights": 0, "int32 biases and shapes": 0, "quantization": 0, "tensor names": 0}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors or []:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if data is not None and len(data):
+                key = "int8 weights" if tensor.type == schema_fb.TensorType.INT8 else "int32 biases and shapes"
+                parts[key] += len(data)
+            quantization = tensor.quantization
+            if quantization is not None and quantization.scale is not None:
+                parts["quantization"] += 4 * len(quantization.scale) + 8 * len(quantization.zeroPoint)
+            parts["tensor names"] += len(tensor.name or b"")
+    parts["graph"] = len(tflite_model) - sum(parts.values())
+    return parts
+
+
+def _op_counts(tflite_model: bytes) -> dict[str, int]:
+    try:
+        from keras_shufflenet.micro.convert import op_histogram
+    except ImportError:  # Only a detail of the per-op table.
+        return {}
+    return op_histogram(tflite_model)
+
+
+def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None) -> dict[ModelSpec, TFLMCost]:
+    """Converts every model to full int8 and measures it in TFLite Micro.
+
+    Args:
+      models: The models, built at 96x96x3 with 2 classes and a static batch of 1.
+      work_dir: Where the ``.tflite`` and callgrind files go; a temporary
+        directory if `None`.
+
+    Returns:
+      The cost of every model.
+    """
+    results = {}
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = work_dir or temporary
+        for spec in models:
+            model = spec.build(INPUT_SHAPE, CLASSES, batch_size=1)
+            cost = profile(model)
+            op_macs: dict[str, int] = {}
+            for layer in cost.layers:
+                op = _LAYER_TO_OP.get(layer.type)
+                if op and layer.macs:
+                    op_macs[op] = op_macs.get(op, 0) + layer.macs
+            set_batch_norm_statistics(model)
+            tflite_model = convert_int8(model)
+            stem = re.sub(r"\W+", "_", spec.label).strip("_").lower()
+            path = os.path.join(directory, f"{stem}_int8.tflite")
+            with open(path, "wb") as file:
+                file.write(tflite_model)
+            arena = smallest_arena(path)
+            instructions, op_instructions = count_instructions(path, arena, os.path.join(directory, f"{stem}.cg"))
+            results[spec] = TFLMCost(
+                macs=cost.macs,
+                params=model.count_params(),
+                flash_bytes=len(tflite_model),
+                arena_bytes=arena,
+                instructions=instructions,
+                op_instructions=op_instructions,
+                op_macs=op_macs,
+                op_counts=_op_counts(tflite_model),
+                flash_parts=flash_breakdown(tflite_model),
+            )
+            print(f"  TFLM {spec.label}: {instructions:,} instructions, arena {arena:,} B", flush=True)
+    return results
+
+
+def _per_op_table(cost: TFLMCost) -> str:
+    rows = []
+    for op, instructions in sorted(cost.op_instructions.items(), key=lambda item: -item[1]):
+        macs = cost.op_macs.get(op, 0)
+        rows.append(
+            [
+                op,
+                cost.op_counts.get(op, "—"),
+                f"{instructions / 1e6:.2f}",
+                f"{100 * instructions / cost.instructions:.1f} %",
+                f"{macs / 1e6:.2f}" if macs else "—",
+                f"{instructions / macs:.2f}" if macs else "—",
+            ]
+        )
+    return markdown_table(["op", "ops in graph", "M instructions", "share", "MMACs", "instructions / MAC"], rows)
+
+
+def report(results: dict[ModelSpec, TFLMCost]) -> str:
+    """The markdown section: cost per model, ratios to MobileNet, per-op shares."""
+    reference = results.get(MOBILENET_VWW)
+    rows = []
+    for spec, c in results.items():
+        rows.append(
+            [
+                spec.label,
+                f"{c.macs / 1e6:.2f}",
+                f"{c.params:,}",
+                f"{c.instructions / 1e6:.1f}",
+                f"{c.instructions_per_mac:.2f}",
+                f"{c.flash_bytes:,}",
+                f"{c.bytes_per_param:.3f}",
+                f"{c.arena_bytes:,}",
+            ]
+        )
+    parts = [
+        "96×96×3 input, 2 classes, full int8 (int8 input and output), static batch of 1, random weights "
+        "calibrated on random images. Instructions: one `MicroInterpreter::Invoke()` under callgrind "
+        "(TFLM's reference kernels, built for x86-64, so the counts rank models as a microcontroller's cycle "
+        "counts would, without being them). Arena: the smallest tensor arena (16-byte steps) in which the "
+        "model ran, by bisection in child processes, on this 64-bit host. Flash: `.tflite` bytes. Params: "
+        "Keras `count_params()` (batch-norm statistics included, before folding).",
+        markdown_table(
+            [
+                "model",
+                "MMACs",
+                "params",
+                "M instructions",
+                "instructions / MAC",
+                "flash bytes",
+                "bytes / param",
+                "arena bytes",
+            ],
+            rows,
+        ),
+    ]
+    if reference is not None:
+        ratio_rows = []
+        for spec, c in results.items():
+            if spec == MOBILENET_VWW:
+                continue
+            ratio_rows.append(
+                [
+                    f"{spec.label} / {MOBILENET_VWW.label}",
+                    f"{c.macs / reference.macs:.2f}",
+                    f"{c.instructions / reference.instructions:.2f}",
+                    f"{c.instructions_per_mac / reference.instructions_per_mac:.2f}",
+                    f"{c.flash_bytes / reference.flash_bytes:.2f}",
+                    f"{c.bytes_per_param / reference.bytes_per_param:.2f}",
+                    f"{c.arena_bytes / reference.arena_bytes:.2f}",
+                ]
+            )
+        parts += [
+            "Ratios to MobileNetV1 α=0.25, the MLPerf Tiny reference (< 1: ShuffleNet costs less).",
+            markdown_table(
+                ["pair", "MACs", "instructions", "instructions / MAC", "flash", "bytes / param", "arena"],
+                ratio_rows,
+            ),
+        ]
+    kinds = list(next(iter(results.values())).flash_parts) if results else []
+    flash_rows = [
+        [
+            spec.label,
+            *(f"{c.flash_parts[kind]:,} ({100 * c.flash_parts[kind] / c.flash_bytes:.0f} %)" for kind in kinds),
+        ]
+        for spec, c in results.items()
+    ]
+    parts += [
+        "**What the flash holds** (bytes of the `.tflite` file; quantization parameters are a float32 scale "
+        "and an int64 zero point per channel of every per-channel tensor).",
+        markdown_table(["model", *kinds], flash_rows),
+    ]
+    for spec in PER_OP_MODELS:
+        if spec in results:
+            parts += [
+                f"**Where the instructions go: {spec.label}** ({results[spec].instructions / 1e6:.1f} M). "
+                "Inclusive instructions of each kernel's Eval function; `(interpreter)` is the rest of "
+                "`Invoke()` (the loop over the ops).",
+                _per_op_table(results[spec]),
+            ]
+    return "\n\n".join(parts)
+
+
+def run() -> tuple[str, dict[ModelSpec, TFLMCost]]:
+    results = measure()
+    return report(results), results
+
+
+def _main(argv: list[str]) -> Any:
+    del argv
+    text, _ = run()
+    print(text)
+
+
+if __name__ == "__main__":
+    _main(sys.argv)

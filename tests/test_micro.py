@@ -1,0 +1,339 @@
+"""Tests of keras_shufflenet.micro: int8 export, TFLite Micro verification and firmware files.
+
+One tiny ShuffleNet (32x32x1, 0.25x) is exported once per module; the tests
+check the artifacts against independent references: TFLite's own interpreter
+(reference kernels), the compiled C array, and probes of the arena.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_shufflenet import ShuffleNet
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
+from keras_shufflenet.micro import UnsupportedOpError, convert, export, firmware, verify
+
+INPUT_SHAPE = (32, 32, 1)
+CLASSES = 4
+LABELS = ["north", "east", "south", "west"]
+
+
+def _images(count, seed):
+    """Images whose class is the quadrant holding a bright square, preprocessed to [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, count)
+    images = rng.uniform(-1, -0.6, (count, *INPUT_SHAPE)).astype(np.float32)
+    for image, label in zip(images, labels, strict=True):
+        row, col = divmod(int(label), 2)
+        image[row * 16 + 4 : row * 16 + 12, col * 16 + 4 : col * 16 + 12] = 1.0
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    return ShuffleNet(input_shape=INPUT_SHAPE, classes=CLASSES, scale_factor=0.25, groups=3)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    calibration, _ = _images(64, seed=1)
+    eval_images, eval_labels = _images(48, seed=2)
+    eval_data = tf.data.Dataset.from_tensor_slices((eval_images, eval_labels)).batch(16)
+    out = tmp_path_factory.mktemp("export") / "run"
+    report = export(
+        tiny_model,
+        [calibration[:32], calibration[32:]],
+        str(out),
+        eval_data=eval_data,
+        labels=LABELS,
+        num_representative=48,
+        num_verify=12,
+        name="tiny",
+    )
+    return {"report": report, "dir": out, "eval": (eval_images, eval_labels)}
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_export_writes_float_and_int8_models_and_report(exported):
+    report, out = exported["report"], exported["dir"]
+    int8_model = _read(out / "tiny_int8.tflite")
+    assert (out / "tiny_float.tflite").exists()
+    assert report["flash_bytes"] == len(int8_model)
+    on_disk = json.loads((out / "report.json").read_text())
+    for key in ("float_top1", "int8_top1", "flash_bytes", "arena_bytes", "macs", "params", "sparsity", "ops"):
+        assert on_disk[key] == report[key]
+    assert "| flash: int8 model bytes |" in (out / "report.md").read_text()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
+    # Full int8 with a static batch of one, as TFLM needs.
+    interpreter = tf.lite.Interpreter(model_content=int8_model)
+    (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
+    assert list(inp["shape_signature"]) == [1, *INPUT_SHAPE]
+    assert list(outp["shape_signature"]) == [1, CLASSES]
+    # Per-channel weights: the first convolution's filter has one scale per output channel.
+    filters = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and t["dtype"] == np.int8]
+    assert any(len(t["quantization_parameters"]["scales"]) == t["shape"][0] > 1 for t in filters)
+
+
+def test_accuracy_matches_independent_evaluation(exported, tiny_model):
+    report = exported["report"]
+    eval_images, eval_labels = exported["eval"]
+    keras_top1 = np.mean(tiny_model.predict(eval_images, verbose=0).argmax(axis=1) == eval_labels)
+    assert report["float_top1"] == pytest.approx(keras_top1)
+    # int8 top-1 from TFLite's reference kernels, which TFLM must match bit for bit.
+    int8_model = _read(exported["dir"] / "tiny_int8.tflite")
+    io = report["io"]["input"]
+    quantized = np.clip(np.round(eval_images / io["scale"]) + io["zero_point"], -128, 127).astype(np.int8)
+    reference = verify.run_reference(int8_model, quantized)
+    assert report["int8_top1"] == pytest.approx(np.mean(reference.argmax(axis=1) == eval_labels), abs=1 / 48 + 1e-9)
+    assert report["accuracy"]["samples"] == 48
+    assert report["tflm_bit_exact"] == {
+        "samples": 12,
+        "bit_exact": True,
+        "differing_samples": 0,
+        "max_abs_diff_lsb": 0,
+        "tolerance_lsb": 0,
+    }
+    assert report["float_tflite_max_abs_diff"] < 1e-4
+
+
+def test_arena_is_the_smallest_that_works(exported):
+    report = exported["report"]
+    model_path = str(exported["dir"] / "tiny_int8.tflite")
+    minimum = report["arena"]["min_bytes"]
+    assert verify.probe_arena(model_path, minimum)[0]
+    assert not verify.probe_arena(model_path, minimum - verify.ARENA_ALIGNMENT)[0]
+    assert report["arena_bytes"] == report["arena"]["recommended_bytes"]
+    assert minimum <= report["arena_bytes"] < 1.25 * minimum
+    assert verify.probe_arena(model_path, report["arena_bytes"])[0]
+
+
+def test_model_data_cc_holds_exactly_the_tflite_bytes(exported):
+    tflm = exported["dir"] / "tflm"
+    source = (tflm / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char g_tiny_model_data[]" in source
+    assert firmware.parse_c_array(source, "g_tiny_model_data") == _read(exported["dir"] / "tiny_int8.tflite")
+    header = (tflm / "model_data.h").read_text()
+    assert f"g_tiny_model_data_size = {exported['report']['flash_bytes']};" in header
+
+
+def test_model_settings_and_op_resolver(exported):
+    report, tflm = exported["report"], exported["dir"] / "tflm"
+    settings = (tflm / "model_settings.h").read_text()
+    interpreter = tf.lite.Interpreter(model_content=_read(exported["dir"] / "tiny_int8.tflite"))
+    in_scale, in_zero = interpreter.get_input_details()[0]["quantization"]
+    out_scale, out_zero = interpreter.get_output_details()[0]["quantization"]
+    assert float(re.search(r"kInputScale = ([0-9.e-]+)f;", settings).group(1)) == pytest.approx(in_scale)
+    assert f"kInputZeroPoint = {in_zero};" in settings
+    assert float(re.search(r"kOutputScale = ([0-9.e-]+)f;", settings).group(1)) == pytest.approx(out_scale)
+    assert f"kOutputZeroPoint = {out_zero};" in settings
+    assert "kNumRows = 32;" in settings and "kNumChannels = 1;" in settings
+    assert f"kTensorArenaSize = {report['arena_bytes']};" in settings
+    assert '"north", "east", "south", "west"' in (tflm / "model_settings.cc").read_text()
+    # Exactly the operators TFLite itself sees in the model, each registered once.
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    resolver = (tflm / "op_resolver.h").read_text()
+    registered = re.findall(r"resolver\.(Add\w+)\(\)", resolver)
+    assert sorted(registered) == sorted(convert.TFLM_OP_RESOLVER_METHODS[op] for op in ops)
+    assert "MicroMutableOpResolver<kNumberOfOps>" in resolver and f"kNumberOfOps = {len(ops)};" in resolver
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE", "RESHAPE"} <= set(report["ops"])
+
+
+def _compile_firmware(compiler, tflm_dir, out_dir, extra_flags):
+    objects = []
+    for source in ("model_data.cc", "model_settings.cc", "sample_input_data.cc"):
+        obj = out_dir / (source + ".o")
+        subprocess.run(
+            [compiler, "-std=c++17", "-Wall", "-Werror", "-O2", *extra_flags, "-c", str(tflm_dir / source), "-o", obj],
+            check=True,
+            capture_output=True,
+        )
+        objects.append(obj)
+    return objects
+
+
+def test_firmware_compiles_with_gcc_and_array_is_the_model(exported, tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    tflm = exported["dir"] / "tflm"
+    objects = _compile_firmware("g++", tflm, tmp_path, [])
+    dump = tmp_path / "dump.cc"
+    dump.write_text(
+        '#include <cstdio>\n#include "model_data.h"\n#include "model_settings.h"\n'
+        "int main() {\n"
+        "  std::fwrite(g_tiny_model_data, 1, g_tiny_model_data_size, stdout);\n"
+        "  return reinterpret_cast<unsigned long>(g_tiny_model_data) % 16 != 0 || kCategoryCount != 4;\n"
+        "}\n"
+    )
+    binary = tmp_path / "dump"
+    subprocess.run(["g++", "-std=c++17", "-I", str(tflm), str(dump), *map(str, objects), "-o", binary], check=True)
+    printed = subprocess.run([str(binary)], check=True, capture_output=True).stdout
+    assert printed == _read(exported["dir"] / "tiny_int8.tflite")
+
+
+def test_firmware_cross_compiles_for_cortex_m4(exported, tmp_path):
+    if shutil.which("arm-none-eabi-g++") is None:
+        pytest.skip("arm-none-eabi-g++ is not installed (CI installs gcc-arm-none-eabi)")
+    flags = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-fno-exceptions", "-fno-rtti"]
+    objects = _compile_firmware("arm-none-eabi-g++", exported["dir"] / "tflm", tmp_path, flags)
+    symbols = subprocess.run(["arm-none-eabi-nm", "-S", str(objects[0])], check=True, capture_output=True, text=True)
+    match = re.search(r"^[0-9a-f]+ ([0-9a-f]+) R g_tiny_model_data$", symbols.stdout, re.M)
+    assert match and int(match.group(1), 16) == exported["report"]["flash_bytes"]
+
+
+def test_c_strings_escape_labels():
+    sources = firmware.model_settings_sources(
+        {
+            "input": {"shape": [1, 2, 2, 1], "scale": 0.5, "zero_point": 0},
+            "output": {"shape": [1, 2], "scale": 1.0, "zero_point": 0},
+        },
+        ['say "hi"', "café1"],
+        1024,
+        1000,
+    )
+    assert r'"say \"hi\"", "caf\303\2511"' in sources["model_settings.cc"]
+
+
+# --- Bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batches, message",
+    [
+        ([np.zeros((2, 28, 28, 1), np.float32)], r"shape \(batch, 32, 32, 1\)"),
+        ([np.zeros((2, 32, 32, 1), np.uint8)], "dtype: uint8"),
+        ([np.full((2, 32, 32, 1), np.nan, np.float32)], "NaN"),
+        ([], "no images"),
+    ],
+)
+def test_bad_representative_data_is_refused_and_nothing_written(tiny_model, tmp_path, batches, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        export(tiny_model, batches, str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_dir_is_refused(tiny_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="output_dir"):
+        export(tiny_model, [np.zeros((1, *INPUT_SHAPE), np.float32)], str(blocker / "run"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantize": "float16"}, "quantize"),
+        ({"labels": ["a", "b"]}, "labels"),
+        ({"name": "my-model"}, "C identifier"),
+        ({"arena_margin": 0.3}, "arena_margin"),
+        ({"prune_sparsity": 1.5}, "prune_sparsity"),
+    ],
+)
+def test_bad_arguments_name_the_argument(tiny_model, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export(tiny_model, [np.zeros((1, *INPUT_SHAPE), np.float32)], str(tmp_path / "run"), **kwargs)
+
+
+@pytest.mark.skipif(USE_LEGACY_KERAS, reason="checks the Keras 3 refusal")
+def test_pruning_a_keras3_model_explains_tf_keras(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="TF_USE_LEGACY_KERAS=1"):
+        export(tiny_model, [np.zeros((1, *INPUT_SHAPE), np.float32)], str(tmp_path / "run"), prune_sparsity=0.5)
+
+
+def test_unsupported_op_is_named():
+    image = keras.Input(batch_shape=(1, 8, 8, 4))
+    top = keras.layers.Lambda(lambda x: tf.math.top_k(x, k=2).values)(image)
+    model = keras.Model(image, top)
+    with pytest.raises(UnsupportedOpError, match="TOPK_V2"):
+        convert.check_tflm_ops(convert.convert_float(model))
+
+
+def test_arena_too_small_fails_and_keeps_the_good_export(exported, tiny_model, tmp_path):
+    good = tmp_path / "run"
+    shutil.copytree(exported["dir"], good)
+    before = {p: _read(p) for p in good.rglob("*") if p.is_file()}
+    calibration, _ = _images(8, seed=3)
+    with pytest.raises(ValueError, match="arena_bytes.*too small"):
+        export(tiny_model, [calibration], str(good), arena_bytes=1024, name="tiny")
+    assert {p: _read(p) for p in good.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_crashing_or_invalid_model_is_a_clean_error(tmp_path):
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\0" * 64)
+    ok, _ = verify.probe_arena(str(garbage), 4096)
+    assert not ok
+    with pytest.raises(verify.TFLMError, match="does not run in TFLite Micro"):
+        verify.find_min_arena(str(garbage), max_bytes=2**16, max_children=2)
+
+
+def test_bit_exact_comparison_reports_differences():
+    reference = np.zeros((3, 4), np.int8)
+    changed = reference.copy()
+    changed[1, 2] = 2
+    with pytest.raises(verify.VerificationError, match="1 of 3 samples.*2 LSB"):
+        verify.compare_bit_exact(changed, reference)
+    tolerated = verify.compare_bit_exact(changed, reference, tolerance_lsb=2)
+    assert not tolerated["bit_exact"] and tolerated["differing_samples"] == 1 and tolerated["max_abs_diff_lsb"] == 2
+
+
+# --- Slow and tf_keras-only ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_instruction_count_exceeds_macs(exported):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    report = exported["report"]
+    sample = np.zeros(INPUT_SHAPE, np.int8)
+    count = verify.count_instructions(str(exported["dir"] / "tiny_int8.tflite"), report["arena_bytes"], sample)
+    # Each multiply-accumulate of the reference kernels takes at least one instruction.
+    assert count > report["macs"]
+
+
+@pytest.mark.slow
+@pytest.mark.legacy_keras
+def test_prune_and_qat_export(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=INPUT_SHAPE, classes=CLASSES, scale_factor=0.25, groups=3)
+    images, labels = _images(64, seed=4)
+    train_data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    report = export(
+        model,
+        [images],
+        str(tmp_path / "run"),
+        eval_data=train_data,
+        train_data=train_data,
+        prune_sparsity=0.5,
+        prune_epochs=2,
+        quantize="qat",
+        num_representative=32,
+        num_verify=8,
+        num_eval=32,
+    )
+    sparsity = report["sparsity"]
+    assert sparsity["prunable_overall"] == pytest.approx(0.5, abs=0.01)
+    assert all(name.endswith("dwconv") for name in sparsity["dense_layers"])
+    assert all(info["sparsity"] < 0.05 for name, info in sparsity["layers"].items() if name.endswith("dwconv"))
+    # Pruned zeros survive quantization-aware training and int8 conversion.
+    assert sparsity["int8_zero_fraction"] >= 0.4
+    assert report["int8_zlib_bytes"] < 0.8 * report["flash_bytes"]
+    # QAT's per-tensor FULLY_CONNECTED may round differently in TFLM (see DEFAULT_TOLERANCE_LSB).
+    assert report["tflm_bit_exact"]["max_abs_diff_lsb"] <= report["tflm_bit_exact"]["tolerance_lsb"] == 4
+    assert report["quantize"] == "qat" and "dense" in sparsity["note"]
+    assert (tmp_path / "run" / "model_int8.tflite").exists()
+    # The caller's model is left unpruned.
+    kernel = model.get_layer("stage3_unit2_gconv1").get_weights()[0]
+    assert np.count_nonzero(kernel == 0) == 0

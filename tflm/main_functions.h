@@ -1,0 +1,13 @@
+/* Entry points of the ShuffleNet TFLite Micro application, in the Arduino style
+   of TFLM's examples: setup() once, then loop() forever. */
+
+#ifndef KERAS_SHUFFLENET_TFLM_MAIN_FUNCTIONS_H_
+#define KERAS_SHUFFLENET_TFLM_MAIN_FUNCTIONS_H_
+
+// Loads the model, registers its operators and allocates the tensor arena.
+void setup();
+
+// Runs one inference on the sample image and prints the top class.
+void loop();
+
+#endif  // KERAS_SHUFFLENET_TFLM_MAIN_FUNCTIONS_H_
