@@ -63,7 +63,6 @@ def measure(
     training: dict[tuple[ModelSpec, str], Any] = {}
     results: dict[ModelSpec, dict[str, Any]] = {}
     for spec in models:
-        keras.utils.set_random_seed(0)
         model = spec.build(INPUT_SHAPE, CLASSES)
         cost = profile(model)
         results[spec] = {"mmacs": cost.macs / 1e6, "params": cost.params}

@@ -317,7 +317,7 @@ def test_prune_and_qat_export(tmp_path):
         eval_data=train_data,
         train_data=train_data,
         prune_sparsity=0.5,
-        prune_epochs=2,
+        prune_epochs=1,
         quantize="qat",
         num_representative=32,
         num_verify=8,

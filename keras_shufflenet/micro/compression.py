@@ -24,7 +24,7 @@ from keras_shufflenet.layers import ChannelShuffle
 PRUNING_ON_TFLM = (
     "TFLite Micro stores tensors dense and has no sparse kernels: pruning saves no flash, RAM or inference time "
     "on the device by itself. The zeros pay off only where the weights are compressed (see "
-    "`int8_weights_zlib_bytes`: a compressed firmware image or TFLM's weight compression)."
+    "`int8_zlib_bytes`: a compressed firmware image or TFLM's weight compression)."
 )
 
 
