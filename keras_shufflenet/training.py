@@ -700,17 +700,12 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if state:
             prefix = os.path.join(config.model_dir, CHECKPOINT_DIR, state["checkpoint"])
-            if state.get("optimizer", config.optimizer) == config.optimizer:
-                checkpoint.read(prefix).expect_partial()
-            else:  # Another optimizer's slots do not fit; keep the weights and the step count.
-                _log.warning(
-                    "Resuming with optimizer %s instead of %s: its state starts fresh.",
-                    config.optimizer,
-                    state["optimizer"],
+            if state.get("optimizer", config.optimizer) != config.optimizer:
+                raise ConfigError(
+                    f"the checkpoint in model_dir={config.model_dir!r} was trained with optimizer="
+                    f"{state['optimizer']}; resume with --optimizer={state['optimizer']} or use a new model_dir."
                 )
-                with strategy.scope():
-                    tf.train.Checkpoint(model=model).read(prefix).expect_partial()
-                    optimizer.iterations.assign(resumed_from * steps)
+            checkpoint.read(prefix).expect_partial()
             _log.info("Resuming from epoch %d (%s).", resumed_from, prefix)
 
         history: dict[str, list[Any]] = state["history"] if state else {}

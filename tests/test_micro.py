@@ -13,10 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 import tensorflow as tf
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
-from keras_shufflenet.micro import UnsupportedOpError, convert, export, firmware, verify
+from keras_shufflenet.micro import UnsupportedOpError, compact, convert, export, firmware, verify
 
 INPUT_SHAPE = (32, 32, 1)
 CLASSES = 4
@@ -68,7 +69,8 @@ def test_export_writes_float_and_int8_models_and_report(exported):
     report, out = exported["report"], exported["dir"]
     int8_model = _read(out / "tiny_int8.tflite")
     assert (out / "tiny_float.tflite").exists()
-    assert report["flash_bytes"] == len(int8_model)
+    tflm_model = _read(out / "tiny_int8_tflm.tflite")
+    assert report["flash_bytes"] == len(tflm_model) < len(int8_model) == report["int8_standard_bytes"]
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("float_top1", "int8_top1", "flash_bytes", "arena_bytes", "macs", "params", "sparsity", "ops"):
         assert on_disk[key] == report[key]
@@ -109,7 +111,7 @@ def test_accuracy_matches_independent_evaluation(exported, tiny_model):
 
 def test_arena_is_the_smallest_that_works(exported):
     report = exported["report"]
-    model_path = str(exported["dir"] / "tiny_int8.tflite")
+    model_path = str(exported["dir"] / "tiny_int8_tflm.tflite")
     minimum = report["arena"]["min_bytes"]
     assert verify.probe_arena(model_path, minimum)[0]
     assert not verify.probe_arena(model_path, minimum - verify.ARENA_ALIGNMENT)[0]
@@ -122,7 +124,7 @@ def test_model_data_cc_holds_exactly_the_tflite_bytes(exported):
     tflm = exported["dir"] / "tflm"
     source = (tflm / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_tiny_model_data[]" in source
-    assert firmware.parse_c_array(source, "g_tiny_model_data") == _read(exported["dir"] / "tiny_int8.tflite")
+    assert firmware.parse_c_array(source, "g_tiny_model_data") == _read(exported["dir"] / "tiny_int8_tflm.tflite")
     header = (tflm / "model_data.h").read_text()
     assert f"g_tiny_model_data_size = {exported['report']['flash_bytes']};" in header
 
@@ -178,7 +180,7 @@ def test_firmware_compiles_with_gcc_and_array_is_the_model(exported, tmp_path):
     binary = tmp_path / "dump"
     subprocess.run(["g++", "-std=c++17", "-I", str(tflm), str(dump), *map(str, objects), "-o", binary], check=True)
     printed = subprocess.run([str(binary)], check=True, capture_output=True).stdout
-    assert printed == _read(exported["dir"] / "tiny_int8.tflite")
+    assert printed == _read(exported["dir"] / "tiny_int8_tflm.tflite")
 
 
 def test_firmware_cross_compiles_for_cortex_m4(exported, tmp_path):
@@ -189,6 +191,30 @@ def test_firmware_cross_compiles_for_cortex_m4(exported, tmp_path):
     symbols = subprocess.run(["arm-none-eabi-nm", "-S", str(objects[0])], check=True, capture_output=True, text=True)
     match = re.search(r"^[0-9a-f]+ ([0-9a-f]+) R g_tiny_model_data$", symbols.stdout, re.M)
     assert match and int(match.group(1), 16) == exported["report"]["flash_bytes"]
+
+
+def test_compact_model_is_smaller_and_bit_identical_in_tflm(exported):
+    standard = _read(exported["dir"] / "tiny_int8.tflite")
+    result = compact.compact_for_tflm(standard)
+    assert result.model == _read(exported["dir"] / "tiny_int8_tflm.tflite")
+    assert result.zero_points_collapsed > 0 and result.bias_quantizations_dropped > 0
+    assert len(result.model) < 0.8 * len(standard)
+    # Every per-channel weight tensor keeps its scales but one zero point.
+    model = schema_fb.ModelT.InitFromPackedBuf(result.model, 0)
+    per_channel = [
+        t
+        for t in model.subgraphs[0].tensors
+        if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale) > 1
+    ]
+    assert per_channel and all(len(t.quantization.zeroPoint) == 1 for t in per_channel)
+    assert all(t.name in (None, b"", "") for t in model.subgraphs[0].tensors)
+    # TFLM on the compact model == TFLite reference kernels on the standard one.
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(-128, 128, size=(6, *INPUT_SHAPE)).astype(np.int8)
+    path = exported["dir"] / "tiny_int8_tflm.tflite"
+    np.testing.assert_array_equal(
+        verify.run_tflm(str(path), exported["report"]["arena_bytes"], inputs), verify.run_reference(standard, inputs)
+    )
 
 
 def test_c_strings_escape_labels():

@@ -238,8 +238,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     config, _ = trained
     model_dir = str(tmp_path / "diverging")
     shutil.copytree(config.model_dir, model_dir)
-    # A new optimizer starts with fresh slots; a learning rate of 1e30 overflows at once.
-    diverging = dataclasses.replace(config, model_dir=model_dir, epochs=4, optimizer="sgd", learning_rate=1e30)
+    # Adam moves every weight by about the learning rate: 1e30 overflows at once.
+    diverging = dataclasses.replace(config, model_dir=model_dir, epochs=4, learning_rate=1e30)
     with pytest.raises(
         training.TrainingDivergedError, match=r"NaN or infinite at epoch 3.*Last good checkpoint: epoch 2"
     ):
@@ -247,6 +247,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     with open(os.path.join(model_dir, "checkpoints", "state.json"), encoding="utf-8") as f:
         state = json.load(f)
     assert state["epoch"] == 2 and state["checkpoint"] == "epoch-0002"
+    with pytest.raises(training.ConfigError, match="trained with optimizer=adam; resume with --optimizer=adam"):
+        training.train(dataclasses.replace(diverging, optimizer="sgd"))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
 
