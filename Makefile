@@ -42,7 +42,6 @@ test: lint
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
 		--prune_sparsity=0.5 --prune_epochs=2 --quantize=ptq
-	$(PY) -m keras_shufflenet.micro.summary $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --output=docs/benchmarks.md

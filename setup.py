@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     # Training and evaluation on tf.data / TensorFlow Datasets (train/main.py).
-    "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7"],
+    "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
     # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro).
     "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro"],
     # Tests, linting and formatting.

@@ -58,7 +58,7 @@ class ModelSpec:
         Returns:
           A `keras.Model`.
         """
-        keras.utils.set_random_seed(0)  # The same weights every run: int8 instruction counts repeat exactly.
+        keras.utils.set_random_seed(0)  # The same weights every run, so that instruction counts repeat.
         image = keras.Input(batch_shape=(batch_size, *input_shape), name="image")
         common = {"input_tensor": image, "weights": None, "classes": classes}
         if self.family == "shufflenet":

@@ -173,7 +173,7 @@ def main() -> None:
         f"({', '.join(f'{name} {s:.0f} s' for name, s in seconds.items())}). All models have random weights "
         "(`weights=None`): cost does not depend on the weights' values. Wall-clock numbers swing by tens of "
         "percent on a shared machine, so every model is timed in interleaved rounds within one run and the "
-        "comparisons are ratios; TFLite Micro is measured in instructions, which repeat exactly.",
+        "comparisons are ratios; TFLite Micro is measured in instructions, which repeat to within 0.01 % between runs.",
         "",
         "## Machine",
         "",

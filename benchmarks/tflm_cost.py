@@ -5,7 +5,7 @@ For every model, full int8:
 * instructions of one inference: ``valgrind --tool=callgrind`` counts the
   instructions executed inside ``MicroInterpreter::Invoke()`` (TFLM's
   reference kernels, compiled for x86). Unlike wall-clock time on a shared
-  machine they repeat exactly, and they rank models as a microcontroller's
+  machine they repeat (to within 0.01 % between runs), and they rank models as a microcontroller's
   cycle count would;
 * the smallest tensor arena it runs in, found by bisection with each probe in
   a child process (TFLM aborts the process on some allocation failures);

@@ -24,7 +24,7 @@ def main(model_path: str, arena_bytes: int) -> int:
         interpreter = runtime.Interpreter.from_file(model_path, arena_size=arena_bytes)
         details = interpreter.get_input_details(0)
         # A fixed input: the reference kernels' work does not depend on the values,
-        # and a fixed one makes the instruction count repeat exactly.
+        # and a fixed one keeps the instruction count from run to run.
         rng = np.random.default_rng(0)
         sample = rng.integers(-128, 128, size=details["shape"], dtype=np.int64).astype(details["dtype"])
         interpreter.set_input(sample, 0)

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_shufflenet import architecture, data
+from keras_shufflenet import architecture, data, portable_weights
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.shufflenet import ShuffleNet
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "export")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -55,6 +55,7 @@ METRICS_FILE = "metrics.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
 CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.npz"  # Portable between Keras 3 and tf_keras (see portable_weights).
 KEEP_CHECKPOINTS = 2
 
 _log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class TrainConfig:
       dataset: A TFDS name or ``"folder:PATH"`` (see :mod:`keras_shufflenet.data`).
       data_dir: TFDS data directory; `None` for TFDS's default.
       model_dir: Where checkpoints, logs, the model and metrics go.
-      mode: ``"train"`` or ``"eval"``.
+      mode: ``"train"``, ``"eval"``, or ``"export"`` (the micro export of a
+        trained ``model_dir``, from its portable weights).
       epochs: Training epochs (ignored when ``train_steps > 0``).
       train_steps: Total training steps; rounded up to whole epochs.
       batch_size: Global batch size (all replicas together).
@@ -450,7 +452,9 @@ def save_model_files(model: keras.Model, output_dir: str) -> dict[str, str]:
             tf.saved_model.save(model, tmp)
         else:
             model.export(tmp, format="tf_saved_model", verbose=False)
-    return {"keras": keras_path, "saved_model": saved_model_path}
+    weights_path = os.path.join(output_dir, WEIGHTS_FILE)
+    portable_weights.save(model, weights_path)
+    return {"keras": keras_path, "saved_model": saved_model_path, "weights": weights_path}
 
 
 def plot_curves(history: dict[str, list[float]], path: str) -> None:
@@ -772,9 +776,83 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         plot_curves(history, os.path.join(output_dir, CURVES_FILE))
     write_json_atomic(os.path.join(output_dir, METRICS_FILE), metrics)
     if config.quantize != "none" and is_chief:
-        metrics["micro"] = run_micro_export(config, export_model, source, pipeline)
+        if needs_tfmot(config) and not USE_LEGACY_KERAS:
+            # Training ran in Keras 3 (faster); tfmot needs tf_keras, which a
+            # process selects before importing TensorFlow: export in a child.
+            metrics["micro"] = _export_in_legacy_keras_process(config)
+        else:
+            metrics["micro"] = run_micro_export(config, export_model, source, pipeline)
         write_json_atomic(os.path.join(output_dir, METRICS_FILE), metrics)
     return metrics
+
+
+def needs_tfmot(config: TrainConfig) -> bool:
+    """Whether the micro export prunes or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
+    return config.quantize != "none" and (config.prune_sparsity > 0 or config.quantize == "qat")
+
+
+def _export_in_legacy_keras_process(config: TrainConfig) -> Any:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    command = [sys.executable, "-m", "keras_shufflenet.export_job", config.model_dir]
+    _log.info("Micro export under Keras 2 (tf_keras): %s", " ".join(command))
+    result = subprocess.run(command, env=env, check=False)
+    if result.returncode:
+        raise RuntimeError(f"the micro export failed (exit code {result.returncode}); see the messages above.")
+    with open(os.path.join(config.export_dir or config.model_dir, "report.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def micro_summary(report: dict[str, Any], output_dir: str) -> str:
+    """A few lines on a micro export report, for the end of a run."""
+
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f} %"
+
+    exact = report.get("tflm_bit_exact", {})
+    return "\n".join(
+        [
+            f"Microcontroller export in {output_dir}:",
+            f"  top-1: float {pct(report.get('float_top1'))}, int8 in TFLite Micro {pct(report.get('int8_top1'))}",
+            f"  flash: {report['flash_bytes']:,} bytes (model); tensor arena: {report['arena_bytes']:,} bytes",
+            f"  TFLM vs TFLite reference kernels: {'bit-identical' if exact.get('bit_exact') else 'DIFFERENT'}"
+            f" on {exact.get('samples', 0)} samples",
+            f"  sparsity of pruned kernels: {pct(report.get('sparsity', {}).get('prunable_overall'))}",
+            f"  firmware files: {os.path.join(output_dir, 'tflm')}/",
+        ]
+    )
+
+
+def export_trained(config: TrainConfig) -> dict[str, Any]:
+    """Runs the micro export of a model trained in ``config.model_dir``.
+
+    The model is rebuilt from ``config`` and takes the portable weights that
+    :func:`train` saved, so a model trained in Keras 3 can be pruned or
+    quantization-aware trained in tf_keras.
+
+    Returns:
+      The export report.
+    """
+    config.validate()
+    if config.quantize == "none":
+        raise ConfigError("mode=export needs --quantize=ptq or --quantize=qat.")
+    weights_path = os.path.join(config.model_dir, WEIGHTS_FILE)
+    if not os.path.exists(weights_path):
+        raise ConfigError(f"no trained weights at {weights_path!r}; train first.")
+    source = _load_source(config)
+    pipeline = config.pipeline_config()
+    model = build_model(config, source.num_classes, source.channels)
+    portable_weights.load(model, weights_path)
+    report = run_micro_export(config, model, source, pipeline)
+    metrics_path = os.path.join(config.model_dir, METRICS_FILE)
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as handle:
+            metrics = json.load(handle)
+        metrics["micro"] = report
+        write_json_atomic(metrics_path, metrics)
+    return report
 
 
 def run_micro_export(

@@ -24,7 +24,12 @@ from absl import app, flags
 flags.DEFINE_string("dataset", "mnist5k", "A TFDS name (mnist5k, cifar10, imagenet2012, ...) or folder:PATH.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (manual downloads in data_dir/downloads/manual).")
 flags.DEFINE_string("model_dir", "runs/default", "Directory for checkpoints, logs, the saved model and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if model_dir has a checkpoint) or eval.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "export"],
+    "train (resumes if model_dir has a checkpoint), eval, or export (the micro export of a trained model_dir).",
+)
 flags.DEFINE_integer("epochs", 10, "Training epochs (ignored when --train_steps > 0).", lower_bound=1)
 flags.DEFINE_integer("train_steps", 0, "Total training steps (rounded up to whole epochs); 0: --epochs.", lower_bound=0)
 flags.DEFINE_integer("batch_size", 128, "Global batch size, divisible by the number of replicas.", lower_bound=1)
@@ -80,13 +85,16 @@ LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 
 def needs_legacy_keras() -> bool:
-    """Whether the run needs Keras 2 (tf_keras).
+    """Whether the whole run needs Keras 2 (tf_keras).
 
-    Pruning and QAT use tensorflow-model-optimization, which accepts only
-    Keras 2 models; Keras 3's ``fit`` does not run under
-    MultiWorkerMirroredStrategy (keras-team/keras#20585).
+    Keras 3's ``fit`` does not run under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585), and ``--mode=export`` with pruning or QAT uses
+    tensorflow-model-optimization, which accepts only Keras 2 models. (A
+    training run with pruning or QAT trains in Keras 3 and starts its export
+    in a Keras 2 child process.)
     """
-    return FLAGS.prune_sparsity > 0 or FLAGS.quantize == "qat" or FLAGS.strategy == "multi_worker"
+    needs_tfmot = FLAGS.quantize != "none" and (FLAGS.prune_sparsity > 0 or FLAGS.quantize == "qat")
+    return FLAGS.strategy == "multi_worker" or (FLAGS.mode == "export" and needs_tfmot)
 
 
 def write_flagfile(model_dir: str) -> None:
@@ -120,13 +128,21 @@ def main(argv: list[str]) -> None:
     try:
         config.validate()
         write_flagfile(config.model_dir)
-        metrics = training.train(config) if config.mode == "train" else training.evaluate(config)
+        if config.mode == "train":
+            metrics = training.train(config)
+        elif config.mode == "eval":
+            metrics = training.evaluate(config)
+        else:
+            metrics = {"micro": training.export_trained(config)}
     except (training.ConfigError, training.TrainingDivergedError) as e:
         raise SystemExit(f"error: {e}") from None
     summary = {
         k: metrics[k] for k in ("eval_top1", "eval_top5", "train_images_per_sec", "wall_seconds") if k in metrics
     }
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    micro = metrics.get("micro")
+    if micro:
+        print(training.micro_summary(micro, config.export_dir or config.model_dir))
 
 
 if __name__ == "__main__":

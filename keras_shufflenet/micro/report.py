@@ -39,7 +39,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| quantity | value |",
         "|---|---:|",
         f"| flash: int8 model bytes (`*_int8_tflm.tflite`, in `tflm/model_data.cc`) | {report['flash_bytes']:,} |",
-        f"| standard int8 `.tflite` bytes (before dropping what TFLM never reads) | {report['int8_standard_bytes']:,} |",
+        f"| standard int8 `.tflite` bytes (before dropping what TFLM ignores) | {report['int8_standard_bytes']:,} |",
         f"| int8 model, zlib-compressed (what compression could store) | {report['int8_zlib_bytes']:,} |",
         f"| float32 model bytes | {report['float_tflite_bytes']:,} |",
         f"| tensor arena: smallest that runs (host) | {arena['min_bytes']:,} |",
