@@ -297,7 +297,10 @@ def report(results: dict[ModelSpec, TFLMCost]) -> str:
         )
     parts = [
         "96×96×3 input, 2 classes, full int8 (int8 input and output), static batch of 1, random weights "
-        "calibrated on random images. Instructions: one `MicroInterpreter::Invoke()` under callgrind "
+        "calibrated on random images; batch-norm statistics are set from one random image so that "
+        "activations and the folded biases look like a trained network's (with fresh statistics MobileNet's "
+        "logits collapse to ~0, the int8 softmax aborts TFLM, and the converter shares identical all-zero bias "
+        "buffers, which understates flash). Instructions: one `MicroInterpreter::Invoke()` under callgrind "
         "(TFLM's reference kernels, built for x86-64, so the counts rank models as a microcontroller's cycle "
         "counts would, without being them). Arena: the smallest tensor arena (16-byte steps) in which the "
         "model ran, by bisection in child processes, on this 64-bit host. Flash: `.tflite` bytes. Params: "

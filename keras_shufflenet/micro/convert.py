@@ -157,8 +157,38 @@ def _clone_scope(model: Any) -> Any:
     return contextlib.nullcontext()
 
 
+class DenseAsPointwiseConv(keras.layers.Dense):
+    """A Dense layer on ``(batch, features)`` computed as a 1x1 convolution.
+
+    The same arithmetic, lowered to TFLite's CONV_2D instead of
+    FULLY_CONNECTED: for per-channel int8 weights, TFLite Micro's
+    FULLY_CONNECTED rounds differently from TFLite's reference kernel on some
+    inputs (1 LSB), while their CONV_2D kernels agree bit for bit.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        features = inputs.shape[-1]
+        x = tf.reshape(inputs, [-1, 1, 1, features])
+        kernel = tf.reshape(self.kernel, [1, 1, features, self.units])
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        if self.use_bias:
+            y = tf.nn.bias_add(y, self.bias)
+        y = tf.reshape(y, [-1, self.units])
+        return self.activation(y) if self.activation is not None else y
+
+
+def _export_layer(layer: Any) -> Any:
+    """The layer of the export graph standing for ``layer`` (same config and name)."""
+    config = layer.get_config()
+    if type(layer) is keras.layers.Dense and len(layer.input.shape) == 2:
+        return DenseAsPointwiseConv.from_config(config)
+    return layer.__class__.from_config(config)
+
+
 def static_batch_model(model: Any) -> Any:
     """Re-instantiates ``model`` on a ``(1, H, W, C)`` input and copies its weights layer by layer.
+
+    Dense classifiers become :class:`DenseAsPointwiseConv` (identical math).
 
     Args:
       model: A functional Keras model (Keras 3 or tf_keras) with one image input.
@@ -170,7 +200,7 @@ def static_batch_model(model: Any) -> Any:
     height, width, channels = input_shape_of(model)
     image = keras.Input(batch_shape=(1, height, width, channels), name=model.inputs[0].name.split(":")[0])
     with _clone_scope(model):
-        static = keras.models.clone_model(model, input_tensors=image)
+        static = keras.models.clone_model(model, input_tensors=image, clone_function=_export_layer)
     for layer in static.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
