@@ -74,7 +74,7 @@ def test_export_writes_float_and_int8_models_and_report(exported):
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("float_top1", "int8_top1", "flash_bytes", "arena_bytes", "macs", "params", "sparsity", "ops"):
         assert on_disk[key] == report[key]
-    assert "| flash: int8 model bytes |" in (out / "report.md").read_text()
+    assert "| flash: int8 model bytes (" in (out / "report.md").read_text()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
     # Full int8 with a static batch of one, as TFLM needs.
     interpreter = tf.lite.Interpreter(model_content=int8_model)
