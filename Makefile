@@ -32,12 +32,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Every test under Keras 3, then the fast ones again under Keras 2 (tf_keras):
+# Every test under Keras 3, then the fast ones and the legacy_keras ones (tfmot)
+# again under Keras 2 (tf_keras):
 # the package supports both, and the tests marked legacy_keras (tfmot) only
 # run there.
 test: lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS) tests
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra -m "not slow or legacy_keras" $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
