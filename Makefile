@@ -6,6 +6,7 @@
 #   make test   install into .venv and pass lint and the tests (Keras 3, then
 #               Keras 2 / tf_keras, which tensorflow-model-optimization needs)
 #   make bench  measure ShuffleNet beside MobileNet; writes docs/benchmarks.md
+#   make zoo    regenerate the README's model zoo table
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR ?= runs/quickstart
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test lint format bench zoo install clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --output=docs/benchmarks.md
+
+# The README's model zoo table (and docs/zoo.md); about 10 minutes.
+zoo: $(STAMP)
+	$(PY) -m benchmarks.zoo
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache
