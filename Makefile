@@ -43,7 +43,7 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
-		--prune_sparsity=0.5 --prune_epochs=2 --quantize=ptq
+		--prune_sparsity=0.3 --prune_epochs=2 --quantize=ptq
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --output=docs/benchmarks.md
