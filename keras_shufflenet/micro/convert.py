@@ -180,8 +180,15 @@ class DenseAsPointwiseConv(keras.layers.Dense):
 def _export_layer(layer: Any) -> Any:
     """The layer of the export graph standing for ``layer`` (same config and name)."""
     config = layer.get_config()
-    if type(layer) is keras.layers.Dense and len(layer.input.shape) == 2:
+    inputs = layer.input
+    on_features = not isinstance(inputs, (list, tuple)) and len(inputs.shape) == 2
+    if type(layer) is keras.layers.Dense and on_features:
         return DenseAsPointwiseConv.from_config(config)
+    inner = getattr(layer, "layer", None)
+    if type(inner) is keras.layers.Dense and on_features and type(layer).__name__.startswith("QuantizeWrapper"):
+        # After QAT: the same fake-quantized kernel, fed to a 1x1 convolution.
+        conv = DenseAsPointwiseConv.from_config(inner.get_config())
+        return type(layer)(conv, quantize_config=layer.quantize_config, name=layer.name)
     return layer.__class__.from_config(config)
 
 
