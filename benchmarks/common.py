@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.micro import convert as micro_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,41 +143,30 @@ def set_batch_norm_statistics(model: Any, seed: int = 0) -> None:
             layer.momentum = momentum
 
 
-def _frozen_function(model: Any, input_shape: tuple[int, ...]) -> Any:
-    """The batch-1 inference graph with variables folded into constants."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    spec = tf.TensorSpec((1, *input_shape), tf.float32, name="image")
-    # Converting a frozen concrete function takes seconds; from_keras_model on
-    # a Keras 3 model goes through a SavedModel export that is much slower.
-    concrete = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
-    return convert_variables_to_constants_v2(concrete)
-
-
 def convert_float(model: Any) -> bytes:
-    """A float32 ``.tflite`` flatbuffer of a static batch-1 Keras model."""
-    input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model, input_shape)])
-    return bytes(converter.convert())
+    """A float32 ``.tflite`` flatbuffer of a static batch-1 Keras model (the export's converter)."""
+    return micro_convert.convert_float(model)
 
 
 def convert_int8(model: Any, num_samples: int = 4, seed: int = 0) -> bytes:
     """A full-int8 ``.tflite`` flatbuffer (int8 input and output), calibrated on random images.
 
-    Random images in [-1, 1] (the range of ``preprocess_input``) are enough
-    for latency, instruction counts and size, which do not depend on the
-    quantization ranges.
+    The export's converter, fed random images in [-1, 1] (the range of
+    ``preprocess_input``): enough for latency, instruction counts and size,
+    which do not depend on the quantization ranges.
     """
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    rng = np.random.default_rng(seed)
-    samples = rng.uniform(-1.0, 1.0, size=(num_samples, 1, *input_shape)).astype(np.float32)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model, input_shape)])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([sample] for sample in samples)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return bytes(converter.convert())
+    samples = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(num_samples, *input_shape)).astype(np.float32)
+    return micro_convert.convert_int8(model, samples)
+
+
+def ratio_pairs(results: dict[ModelSpec, Any], pairs: Any) -> list[tuple[str, Any, Any]]:
+    """``(label, shufflenet result, peer result)`` for each measured pair."""
+    return [
+        (f"{shufflenet.label} / {peer.label}", results[shufflenet], results[peer])
+        for shufflenet, peer in pairs
+        if shufflenet in results and peer in results
+    ]
 
 
 # --- Timing --------------------------------------------------------------------

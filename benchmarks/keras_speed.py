@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import PAIRS_224, PEERS_224, ModelSpec, interleaved_medians, markdown_table
+from benchmarks.common import PAIRS_224, PEERS_224, ModelSpec, interleaved_medians, markdown_table, ratio_pairs
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.profiling import profile
 
@@ -80,17 +80,14 @@ def report(
 ) -> str:
     """The markdown section: images/s per model and the ShuffleNet / peer ratios."""
     rows = [[spec.label, f"{r['mmacs']:.1f}", *(f"{r[mode]:.1f}" for mode in MODES)] for spec, r in results.items()]
-    ratio_rows = []
-    for shufflenet, peer in PAIRS_224:
-        if shufflenet in results and peer in results:
-            s, p = results[shufflenet], results[peer]
-            ratio_rows.append(
-                [
-                    f"{shufflenet.label} / {peer.label}",
-                    f"{s['mmacs'] / p['mmacs']:.2f}",
-                    *(f"{s[mode] / p[mode]:.2f}" for mode in MODES),
-                ]
-            )
+    ratio_rows = [
+        [
+            label,
+            f"{s['mmacs'] / p['mmacs']:.2f}",
+            *(f"{s[mode] / p[mode]:.2f}" for mode in MODES),
+        ]
+        for label, s, p in ratio_pairs(results, PAIRS_224)
+    ]
     return "\n\n".join(
         [
             f"224×224×3, 1000 classes, float32, random weights. Images per second, median over interleaved "

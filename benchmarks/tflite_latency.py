@@ -20,6 +20,7 @@ from benchmarks.common import (
     convert_int8,
     interleaved_medians,
     markdown_table,
+    ratio_pairs,
     set_batch_norm_statistics,
 )
 from keras_shufflenet.profiling import profile
@@ -82,18 +83,15 @@ def report(results: dict[ModelSpec, dict[str, Any]], rounds: int, min_seconds: f
         ]
         for spec, r in results.items()
     ]
-    ratio_rows = []
-    for shufflenet, peer in PAIRS_224:
-        if shufflenet in results and peer in results:
-            s, p = results[shufflenet], results[peer]
-            ratio_rows.append(
-                [
-                    f"{shufflenet.label} / {peer.label}",
-                    f"{s['mmacs'] / p['mmacs']:.2f}",
-                    *(f"{s[f'{precision} ms'] / p[f'{precision} ms']:.2f}" for precision in PRECISIONS),
-                    f"{(s['int8 ms'] / s['mmacs']) / (p['int8 ms'] / p['mmacs']):.2f}",
-                ]
-            )
+    ratio_rows = [
+        [
+            label,
+            f"{s['mmacs'] / p['mmacs']:.2f}",
+            *(f"{s[f'{precision} ms'] / p[f'{precision} ms']:.2f}" for precision in PRECISIONS),
+            f"{(s['int8 ms'] / s['mmacs']) / (p['int8 ms'] / p['mmacs']):.2f}",
+        ]
+        for label, s, p in ratio_pairs(results, PAIRS_224)
+    ]
     return "\n\n".join(
         [
             f"224×224×3, 1000 classes, static batch of 1, `tf.lite.Interpreter(num_threads=1)` with the default "

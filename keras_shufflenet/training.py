@@ -29,6 +29,8 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -792,9 +794,6 @@ def needs_tfmot(config: TrainConfig) -> bool:
 
 
 def _export_in_legacy_keras_process(config: TrainConfig) -> Any:
-    import subprocess
-    import sys
-
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     command = [sys.executable, "-m", "keras_shufflenet.export_job", config.model_dir]
     _log.info("Micro export under Keras 2 (tf_keras): %s", " ".join(command))
