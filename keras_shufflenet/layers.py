@@ -20,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 
 _PACKAGE = "keras_shufflenet"
 
@@ -93,6 +93,61 @@ class ChannelShuffle(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PointwiseGroupConv2D(keras.layers.Conv2D):
+    """A 1x1 group convolution computed as one batched matrix multiply.
+
+    The same layer, weights and result as ``Conv2D(filters, 1, groups=g)``
+    (kernel ``(1, 1, in_channels // g, filters)``, group ``k`` producing the
+    output channels ``[k * filters // g, (k + 1) * filters // g)``), but
+    lowered as ``reshape -> transpose -> matmul (g batches) -> transpose ->
+    reshape``. TensorFlow has no native grouped convolution on the CPU;
+    Keras 3 runs each one through XLA, one op at a time, which made
+    ShuffleNet's training steps about 3x slower than this lowering.
+
+    :func:`keras_shufflenet.ShuffleNet` uses it for grouped 1x1 convolutions
+    under Keras 3. The TFLite export (:mod:`keras_shufflenet.micro.convert`)
+    swaps it back to ``Conv2D``, whose grouped CONV_2D is what TFLite and
+    TFLite Micro run; under tf_keras (tensorflow-model-optimization) the
+    builder uses ``Conv2D`` directly.
+
+    Configurations other than a stride-1, undilated 1x1 channels-last group
+    convolution fall back to ``Conv2D``'s own computation.
+    """
+
+    def _is_pointwise_group_conv(self) -> bool:
+        return (
+            self.groups > 1
+            and tuple(self.kernel_size) == (1, 1)
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.data_format == "channels_last"
+        )
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        if not self._is_pointwise_group_conv():
+            return super().convolution_op(inputs, kernel)
+        groups = self.groups
+        in_per_group = inputs.shape[-1] // groups
+        out_per_group = kernel.shape[-1] // groups
+        # (pixels, groups, in) -> (groups, pixels, in): one matmul per group.
+        x = tf.reshape(inputs, [-1, groups, in_per_group])
+        x = tf.transpose(x, [1, 0, 2])
+        # Kernel (1, 1, in, groups * out) -> (groups, in, out).
+        w = tf.reshape(kernel, [in_per_group, groups, out_per_group])
+        w = tf.transpose(w, [1, 0, 2])
+        y = tf.matmul(x, w)
+        y = tf.transpose(y, [1, 0, 2])
+        return tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [groups * out_per_group]], axis=0))
+
+
+def pointwise_conv(filters: int, groups: int, name: str) -> keras.layers.Layer:
+    """The 1x1 (group) convolution of a unit: ``PointwiseGroupConv2D`` under Keras 3 when grouped."""
+    grouped = groups > 1 and not USE_LEGACY_KERAS
+    conv = PointwiseGroupConv2D if grouped else keras.layers.Conv2D
+    return conv(filters, 1, groups=groups, use_bias=False, kernel_initializer="he_normal", name=name)
 
 
 def _check_unit_args(
@@ -171,14 +226,7 @@ def unit_layers(
         return L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{prefix}_{role}")
 
     layers: dict[str, keras.layers.Layer] = {}
-    layers["gconv1"] = L.Conv2D(
-        bottleneck,
-        1,
-        groups=groups if first_pointwise_grouped else 1,
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=f"{prefix}_gconv1",
-    )
+    layers["gconv1"] = pointwise_conv(bottleneck, groups if first_pointwise_grouped else 1, f"{prefix}_gconv1")
     layers["gconv1_bn"] = bn("gconv1_bn")
     layers["gconv1_relu"] = L.ReLU(name=f"{prefix}_gconv1_relu")
     if shuffle and groups > 1:
@@ -192,14 +240,7 @@ def unit_layers(
         name=f"{prefix}_dwconv",
     )
     layers["dwconv_bn"] = bn("dwconv_bn")  # No ReLU after the depthwise conv.
-    layers["gconv2"] = L.Conv2D(
-        branch_channels,
-        1,
-        groups=groups,
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=f"{prefix}_gconv2",
-    )
+    layers["gconv2"] = pointwise_conv(branch_channels, groups, f"{prefix}_gconv2")
     layers["gconv2_bn"] = bn("gconv2_bn")
     if strides == 1:
         layers["add"] = L.Add(name=f"{prefix}_add")

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from keras_shufflenet import ChannelShuffle, ShuffleUnit
-from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
+from keras_shufflenet.layers import PointwiseGroupConv2D, pointwise_conv
 
 
 @pytest.mark.parametrize("groups, channels", [(1, 4), (2, 6), (3, 12), (4, 8), (8, 24)])
@@ -37,6 +38,60 @@ def test_channel_shuffle_any_batch_and_spatial_size(rng):
     # Rank 3 (a sequence) works too.
     x = rng.normal(size=(2, 5, 6)).astype(np.float32)
     np.testing.assert_array_equal(ChannelShuffle(2)(x).numpy(), x[..., [0, 3, 1, 4, 2, 5]])
+
+
+@pytest.mark.parametrize("groups, in_channels, filters", [(2, 4, 6), (3, 12, 9), (8, 16, 24)])
+def test_pointwise_group_conv_matches_per_group_matmul(groups, in_channels, filters, rng):
+    layer = PointwiseGroupConv2D(filters, 1, groups=groups, use_bias=True, bias_initializer="random_normal")
+    x = rng.normal(size=(2, 3, 5, in_channels)).astype(np.float32)
+    y = layer(x).numpy()
+    kernel, bias = (w.numpy() for w in layer.weights)
+    i, o = in_channels // groups, filters // groups
+    for k in range(groups):
+        # Group k: input channels [k*i, (k+1)*i) -> output channels [k*o, (k+1)*o).
+        expected = x[..., k * i : (k + 1) * i] @ kernel[0, 0, :, k * o : (k + 1) * o] + bias[k * o : (k + 1) * o]
+        np.testing.assert_allclose(y[..., k * o : (k + 1) * o], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_group_conv_equals_conv2d_with_groups_forward_and_backward(rng):
+    x = tf.constant(rng.normal(size=(2, 4, 4, 12)).astype(np.float32))
+    fast = PointwiseGroupConv2D(18, 1, groups=3, use_bias=False)
+    plain = keras.layers.Conv2D(18, 1, groups=3, use_bias=False)
+    fast.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(fast.get_weights())
+    grads = []
+    for layer in (fast, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        grads.append((layer(x).numpy(), *(g.numpy() for g in tape.gradient(loss, [x, layer.trainable_weights[0]]))))
+    for fast_value, plain_value in zip(*grads, strict=True):
+        np.testing.assert_allclose(fast_value, plain_value, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_group_conv_any_batch_and_spatial_size(rng):
+    layer = PointwiseGroupConv2D(6, 1, groups=2)
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32)])
+    for shape in [(1, 1, 1, 4), (3, 7, 2, 4), (0, 2, 2, 4)]:
+        assert fn(rng.normal(size=shape).astype(np.float32)).shape == (*shape[:3], 6)
+
+
+def test_pointwise_group_conv_falls_back_to_conv2d_when_not_pointwise(rng):
+    layer = PointwiseGroupConv2D(4, 3, groups=2, padding="same")
+    x = rng.normal(size=(1, 5, 5, 4)).astype(np.float32)
+    plain = keras.layers.Conv2D(4, 3, groups=2, padding="same")
+    plain.build(x.shape)
+    layer.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_allclose(layer(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_units_use_the_matmul_lowering_only_under_keras3():
+    assert type(pointwise_conv(6, 1, "a")) is keras.layers.Conv2D
+    # tensorflow-model-optimization accepts only the exact Conv2D class.
+    expected = keras.layers.Conv2D if USE_LEGACY_KERAS else PointwiseGroupConv2D
+    assert type(pointwise_conv(6, 3, "b")) is expected
 
 
 def test_channel_shuffle_rejects_indivisible_channels():

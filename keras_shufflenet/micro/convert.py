@@ -18,6 +18,7 @@ import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.layers import PointwiseGroupConv2D
 
 # Builtin operators that TFLite Micro implements, with the MicroMutableOpResolver
 # method that registers each one (tensorflow/lite/micro/micro_mutable_op_resolver.h).
@@ -179,7 +180,12 @@ class DenseAsPointwiseConv(keras.layers.Dense):
 
 def _export_layer(layer: Any) -> Any:
     """The layer of the export graph standing for ``layer`` (same config and name)."""
+    if isinstance(layer, keras.layers.Lambda):
+        return layer  # Stateless; Keras refuses to rebuild a Python lambda from its config.
     config = layer.get_config()
+    if type(layer) is PointwiseGroupConv2D:
+        # TFLite's grouped CONV_2D, not the training-time matmul lowering.
+        return keras.layers.Conv2D.from_config(config)
     inputs = layer.input
     on_features = not isinstance(inputs, (list, tuple)) and len(inputs.shape) == 2
     if type(layer) is keras.layers.Dense and on_features:
@@ -195,7 +201,10 @@ def _export_layer(layer: Any) -> Any:
 def static_batch_model(model: Any) -> Any:
     """Re-instantiates ``model`` on a ``(1, H, W, C)`` input and copies its weights layer by layer.
 
-    Dense classifiers become :class:`DenseAsPointwiseConv` (identical math).
+    The layers TFLite should see replace those that are faster in Keras, with
+    identical math: Dense classifiers become :class:`DenseAsPointwiseConv`
+    and :class:`~keras_shufflenet.layers.PointwiseGroupConv2D` becomes a
+    grouped ``Conv2D`` (TFLite's grouped CONV_2D).
 
     Args:
       model: A functional Keras model (Keras 3 or tf_keras) with one image input.
@@ -215,9 +224,10 @@ def static_batch_model(model: Any) -> Any:
 
 
 def _frozen_function(model: Any) -> Any:
-    """The inference graph of ``model`` at batch 1 with variables folded into constants."""
+    """The inference graph of ``model``'s export form at batch 1, variables folded into constants."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    model = static_batch_model(model)
     height, width, channels = input_shape_of(model)
     spec = tf.TensorSpec((1, height, width, channels), tf.float32, name="image")
     # Freezing the traced function converts in seconds; from_keras_model on a
@@ -227,7 +237,7 @@ def _frozen_function(model: Any) -> Any:
 
 
 def convert_float(model: Any) -> bytes:
-    """Converts a (static batch-1) Keras model to a float32 ``.tflite`` flatbuffer."""
+    """Converts a Keras model to a float32 ``.tflite`` flatbuffer (batch 1, export layers)."""
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model)])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return bytes(converter.convert())
@@ -242,7 +252,8 @@ def convert_int8(model: Any, representative_samples: np.ndarray) -> bytes:
     are int8 so that a microcontroller never touches float.
 
     Args:
-      model: The (static batch-1) Keras model.
+      model: The Keras model (plain or quantization-aware); it is converted
+        in its :func:`static_batch_model` form.
       representative_samples: Float array ``(N, H, W, C)`` of preprocessed
         training images that calibrate the activation ranges.
 

@@ -280,8 +280,8 @@ def export(
             )
             lap("quantization-aware training")
 
-        float_tflite = convert.convert_float(convert.static_batch_model(float_model))
-        int8_tflite = convert.convert_int8(convert.static_batch_model(quant_model), calibration)
+        float_tflite = convert.convert_float(float_model)
+        int8_tflite = convert.convert_int8(quant_model, calibration)
         convert.check_static_shapes(int8_tflite)
         ops = convert.check_tflm_ops(int8_tflite)
         io = convert.io_quantization(int8_tflite)
