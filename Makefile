@@ -41,9 +41,10 @@ test: lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra -m "not slow or legacy_keras" $(PYTEST_ARGS) tests
 
-# Pruning to 30 % keeps the quickstart's accuracy (50 % cost 3.6 points of
-# top-1 after the 2-epoch fine-tune). TFLM stores weights dense: the demo shows
-# the path; pruning saves flash only where the weights are compressed.
+# Pruning to 30 % keeps the quickstart's accuracy (measured: 98.0 % before,
+# 97.9 % float and 98.0 % int8 in TFLM after the 2-epoch fine-tune). TFLM
+# stores weights dense: the demo shows the path; pruning saves flash only
+# where the weights are compressed.
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
 		--prune_sparsity=0.3 --prune_epochs=2 --quantize=ptq
