@@ -48,6 +48,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 QUANTIZE_MODES = ("none", "ptq", "qat")
+# keras_shufflenet.micro.convert.WEIGHT_QUANTIZATIONS (not imported: the micro
+# extra is optional for training).
+WEIGHT_QUANTIZATIONS = ("per_channel", "per_tensor")
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -127,6 +130,7 @@ class TrainConfig:
       prune_sparsity: Target sparsity of magnitude pruning in the micro export.
       prune_epochs: Fine-tuning epochs of pruning (and QAT) in the micro export.
       quantize: ``"none"``, ``"ptq"`` or ``"qat"``: run the micro export.
+      weight_quantization: ``"per_channel"`` or ``"per_tensor"`` int8 weights.
       representative_samples: Calibration images for quantization.
       export_dir: Directory of the micro export; empty uses ``model_dir``.
     """
@@ -170,6 +174,7 @@ class TrainConfig:
     prune_sparsity: float = 0.0
     prune_epochs: int = 2
     quantize: str = "none"
+    weight_quantization: str = "per_channel"
     representative_samples: int = 200
     export_dir: str = ""
 
@@ -186,6 +191,7 @@ class TrainConfig:
             "lr_schedule": LR_SCHEDULES,
             "augment": data.AUGMENTATIONS,
             "quantize": QUANTIZE_MODES,
+            "weight_quantization": WEIGHT_QUANTIZATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -227,6 +233,8 @@ class TrainConfig:
             raise bad("holdout_fraction", "in (0, 1)")
         if self.verbose not in (0, 1, 2):
             raise bad("verbose", "0, 1 or 2")
+        if self.weight_quantization == "per_tensor" and self.quantize == "qat":
+            raise bad("weight_quantization", "'per_channel' with quantize='qat' (QAT learns per-channel ranges)")
         if self.strategy == "tpu" and self.mixed_precision is None:
             raise bad("mixed_precision", "True or False")
         try:
@@ -870,6 +878,7 @@ def run_micro_export(
         prune_sparsity=config.prune_sparsity,
         prune_epochs=config.prune_epochs,
         quantize=config.quantize,
+        weight_quantization=config.weight_quantization,
         labels=source.class_names,
         num_representative=config.representative_samples,
     )

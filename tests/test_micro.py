@@ -217,6 +217,24 @@ def test_compact_model_is_smaller_and_bit_identical_in_tflm(exported):
     )
 
 
+
+def test_per_tensor_weights_have_one_scale_and_run_bit_exact_in_tflm(tiny_model, exported, tmp_path):
+    calibration, _ = _images(32, seed=1)
+    per_channel = _read(exported["dir"] / "tiny_int8.tflite")
+    per_tensor = convert.convert_int8(tiny_model, calibration, weight_quantization="per_tensor")
+    subgraph = schema_fb.ModelT.InitFromPackedBuf(per_tensor, 0).subgraphs[0]
+    weights = [t for t in subgraph.tensors if t.type == schema_fb.TensorType.INT8 and t.buffer and t.shape.size == 4]
+    assert weights and all(len(t.quantization.scale) == 1 for t in weights)
+    assert len(per_tensor) < len(per_channel)
+    path = tmp_path / "per_tensor.tflite"
+    path.write_bytes(compact.compact_for_tflm(per_tensor).model)
+    inputs = np.random.default_rng(4).integers(-128, 128, size=(4, *INPUT_SHAPE)).astype(np.int8)
+    np.testing.assert_array_equal(
+        verify.run_tflm(str(path), exported["report"]["arena_bytes"], inputs), verify.run_reference(per_tensor, inputs)
+    )
+    with pytest.raises(ValueError, match="weight_quantization.*per_tensor.*Received"):
+        convert.convert_int8(tiny_model, calibration, weight_quantization="per_layer")
+
 def test_c_strings_escape_labels():
     sources = firmware.model_settings_sources(
         {

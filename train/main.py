@@ -75,6 +75,12 @@ flags.DEFINE_string("eval_model", "", "Model for --mode=eval; empty uses model_d
 flags.DEFINE_float("prune_sparsity", 0.0, "Magnitude-pruning target sparsity of the micro export (0 = no pruning).")
 flags.DEFINE_integer("prune_epochs", 2, "Fine-tuning epochs for pruning and QAT in the micro export.", lower_bound=0)
 flags.DEFINE_enum("quantize", "none", ["none", "ptq", "qat"], "Micro export: none, post-training int8, or QAT int8.")
+flags.DEFINE_enum(
+    "weight_quantization",
+    "per_channel",
+    ["per_channel", "per_tensor"],
+    "int8 weight scales of the micro export: per output channel, or one per tensor (smaller, PTQ only).",
+)
 flags.DEFINE_integer("representative_samples", 200, "Training images that calibrate int8 quantization.", lower_bound=0)
 flags.DEFINE_string("export_dir", "", "Directory of the micro export; empty uses --model_dir.")
 

@@ -215,8 +215,10 @@ def static_batch_model(model: Any) -> Any:
     """
     height, width, channels = input_shape_of(model)
     image = keras.Input(batch_shape=(1, height, width, channels), name=model.inputs[0].name.split(":")[0])
+    # Models built on an `input_tensor` take a list of one input.
+    input_tensors = [image] if isinstance(model.input, (list, tuple)) else image
     with _clone_scope(model):
-        static = keras.models.clone_model(model, input_tensors=image, clone_function=_export_layer)
+        static = keras.models.clone_model(model, input_tensors=input_tensors, clone_function=_export_layer)
     for layer in static.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
@@ -243,11 +245,16 @@ def convert_float(model: Any) -> bytes:
     return bytes(converter.convert())
 
 
-def convert_int8(model: Any, representative_samples: np.ndarray) -> bytes:
+# How convolution weights are quantized: one scale per output channel (the
+# converter's default) or one per tensor (4 bytes less per output channel).
+WEIGHT_QUANTIZATIONS = ("per_channel", "per_tensor")
+
+
+def convert_int8(model: Any, representative_samples: np.ndarray, weight_quantization: str = "per_channel") -> bytes:
     """Converts a Keras model (plain or quantization-aware) to a full-int8 ``.tflite`` flatbuffer.
 
     Weights are quantized per channel (the converter's default for
-    convolutions), activations per tensor from the ranges seen on
+    convolutions) or per tensor, activations per tensor from the ranges seen on
     ``representative_samples`` (or learned by QAT), and the input and output
     are int8 so that a microcontroller never touches float.
 
@@ -256,6 +263,9 @@ def convert_int8(model: Any, representative_samples: np.ndarray) -> bytes:
         in its :func:`static_batch_model` form.
       representative_samples: Float array ``(N, H, W, C)`` of preprocessed
         training images that calibrate the activation ranges.
+      weight_quantization: ``"per_channel"`` or ``"per_tensor"`` (one
+        scale per weight tensor: smaller, usually less accurate, especially
+        for depthwise convolutions; measure it). Defaults to `"per_channel"`.
 
     Returns:
       The flatbuffer bytes.
@@ -263,8 +273,15 @@ def convert_int8(model: Any, representative_samples: np.ndarray) -> bytes:
     Raises:
       ValueError: If an operator has no int8 kernel, naming the converter's error.
     """
+    if weight_quantization not in WEIGHT_QUANTIZATIONS:
+        raise ValueError(
+            f"`weight_quantization` must be one of {WEIGHT_QUANTIZATIONS}. "
+            f"Received: weight_quantization={weight_quantization!r}"
+        )
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # The converter's only switch for this (no public equivalent).
+    converter._experimental_disable_per_channel = weight_quantization == "per_tensor"
     converter.representative_dataset = lambda: ([sample[None]] for sample in representative_samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8

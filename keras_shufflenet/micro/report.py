@@ -34,7 +34,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Model `{report['model_name']}`, input {'x'.join(map(str, report['input_shape']))}, "
         f"{report['macs']:,} MACs, {report['params']:,} parameters; quantization: {report['quantize']} "
-        f"(full int8, per-channel weights, int8 input and output).",
+        f"(full int8, {report.get('weight_quantization', 'per_channel').replace('_', '-')} weights, "
+        "int8 input and output).",
         "",
         "| quantity | value |",
         "|---|---:|",
