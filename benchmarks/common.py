@@ -148,7 +148,7 @@ def convert_float(model: Any) -> bytes:
     return micro_convert.convert_float(model)
 
 
-def convert_int8(model: Any, num_samples: int = 4, seed: int = 0) -> bytes:
+def convert_int8(model: Any, num_samples: int = 4, seed: int = 0, weight_quantization: str = "per_channel") -> bytes:
     """A full-int8 ``.tflite`` flatbuffer (int8 input and output), calibrated on random images.
 
     The export's converter, fed random images in [-1, 1] (the range of
@@ -157,7 +157,7 @@ def convert_int8(model: Any, num_samples: int = 4, seed: int = 0) -> bytes:
     """
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     samples = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(num_samples, *input_shape)).astype(np.float32)
-    return micro_convert.convert_int8(model, samples)
+    return micro_convert.convert_int8(model, samples, weight_quantization)
 
 
 def ratio_pairs(results: dict[ModelSpec, Any], pairs: Any) -> list[tuple[str, Any, Any]]:

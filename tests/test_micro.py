@@ -217,7 +217,6 @@ def test_compact_model_is_smaller_and_bit_identical_in_tflm(exported):
     )
 
 
-
 def test_per_tensor_weights_have_one_scale_and_run_bit_exact_in_tflm(tiny_model, exported, tmp_path):
     calibration, _ = _images(32, seed=1)
     per_channel = _read(exported["dir"] / "tiny_int8.tflite")
@@ -234,6 +233,7 @@ def test_per_tensor_weights_have_one_scale_and_run_bit_exact_in_tflm(tiny_model,
     )
     with pytest.raises(ValueError, match="weight_quantization.*per_tensor.*Received"):
         convert.convert_int8(tiny_model, calibration, weight_quantization="per_layer")
+
 
 def test_c_strings_escape_labels():
     sources = firmware.model_settings_sources(

@@ -117,6 +117,8 @@ def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
         ({"input_size": 16}, "input_size must be >= 32"),
         ({"label_smoothing": 1.5}, "label_smoothing must be in"),
         ({"quantize": "int4"}, "quantize must be one of"),
+        ({"weight_quantization": "per_layer"}, "weight_quantization must be one of"),
+        ({"quantize": "qat", "weight_quantization": "per_tensor"}, "weight_quantization must be 'per_channel' with"),
     ],
 )
 def test_bad_config_values_are_named(changes: dict[str, object], message: str) -> None:
@@ -151,9 +153,11 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
         "prune_sparsity",
         "prune_epochs",
         "quantize",
+        "weight_quantization",
         "labels",
         "num_representative",
     }
+    assert kwargs["weight_quantization"] == "per_channel"
     assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]
     batches = list(representative)
     assert sum(len(b) for b in batches) == 5 and batches[0].shape[1:] == (32, 32, 1)
