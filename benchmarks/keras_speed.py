@@ -13,8 +13,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import PAIRS_224, PEERS_224, ModelSpec, interleaved_medians, markdown_table, ratio_pairs
+from benchmarks.common import (
+    PAIRS_224,
+    PEERS_224,
+    SHUFFLENET_1X_G3,
+    ModelSpec,
+    interleaved_medians,
+    markdown_table,
+    ratio_pairs,
+)
+from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.layers import PointwiseGroupConv2D
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -101,8 +111,90 @@ def report(
     )
 
 
+class _Skip(keras.layers.Layer):
+    """Passes its input through: stands for a removed layer in the breakdown."""
+
+    def call(self, inputs: Any, mask: Any = None, training: Any = None) -> Any:
+        return inputs
+
+
+def _variant(model: Any, replace: Any) -> Any:
+    """``model`` with every layer for which ``replace(layer)`` returns a layer swapped for that layer."""
+
+    def clone(layer: Any) -> Any:
+        return replace(layer) or layer.__class__.from_config(layer.get_config())
+
+    variant = keras.models.clone_model(model, clone_function=clone)
+    for layer in variant.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return variant
+
+
+# What the breakdown removes or swaps, one layer kind at a time.
+BREAKDOWN = {
+    "as built (grouped 1x1 as PointwiseGroupConv2D)": lambda layer: None,
+    "grouped 1x1 as Conv2D(groups=g) (before)": lambda layer: (
+        keras.layers.Conv2D.from_config(layer.get_config()) if type(layer) is PointwiseGroupConv2D else None
+    ),
+    "without the channel shuffles": lambda layer: _Skip(name=layer.name) if isinstance(layer, ChannelShuffle) else None,
+    "without batch norm": lambda layer: (
+        _Skip(name=layer.name) if isinstance(layer, keras.layers.BatchNormalization) else None
+    ),
+    "without the stride-1 depthwise convs": lambda layer: (
+        _Skip(name=layer.name)
+        if isinstance(layer, keras.layers.DepthwiseConv2D) and tuple(layer.strides) == (1, 1)
+        else None
+    ),
+}
+
+
+def breakdown(spec: ModelSpec = SHUFFLENET_1X_G3, rounds: int = 3, min_seconds: float = 1.0) -> dict[str, Any]:
+    """Seconds per batch of ``spec`` with one kind of layer removed or swapped at a time (Keras 3).
+
+    Returns:
+      Per variant of :data:`BREAKDOWN`: seconds per call per mode.
+    """
+    rng = np.random.default_rng(0)
+    model = spec.build(INPUT_SHAPE, CLASSES)
+    calls: dict[tuple[str, str], Any] = {}
+    for label, replace in BREAKDOWN.items():
+        for mode, call in _callables(_variant(model, replace), rng).items():
+            calls[(label, mode)] = call
+    inference = {key: call for key, call in calls.items() if not key[1].startswith("training")}
+    training = {key: call for key, call in calls.items() if key[1].startswith("training")}
+    seconds = interleaved_medians(inference, rounds=rounds, min_seconds=min_seconds, warmup_calls=1)
+    seconds.update(interleaved_medians(training, rounds=rounds, min_seconds=0.0))
+    results: dict[str, Any] = {label: {} for label in BREAKDOWN}
+    for (label, mode), value in seconds.items():
+        results[label][mode] = value
+    return results
+
+
+def breakdown_report(results: dict[str, Any], spec: ModelSpec = SHUFFLENET_1X_G3) -> str:
+    """The markdown of :func:`breakdown`: milliseconds per batch and the change against the model as built."""
+    built = results[next(iter(BREAKDOWN))]
+    rows = []
+    for label, seconds in results.items():
+        cells = []
+        for mode in MODES:
+            change = seconds[mode] / built[mode] - 1
+            cells.append(f"{1000 * seconds[mode]:.1f}" + ("" if seconds is built else f" ({100 * change:+.0f} %)"))
+        rows.append([label, *cells])
+    return "\n\n".join(
+        [
+            f"**Where {spec.label}'s Keras time goes.** Milliseconds per call (batch 1 and 32 inference, one "
+            "training step at batch 32), median of interleaved rounds, with one kind of layer swapped or removed "
+            "at a time (a removed layer passes its input through; the numbers are costs, not a working model). "
+            "The first two rows are the grouped 1×1 convolution's lowering before and after.",
+            markdown_table(["variant", *(f"{mode} (ms)" for mode in MODES)], rows),
+        ]
+    )
+
+
 def run(
     inference_rounds: int = 5, training_rounds: int = 3, min_seconds: float = 1.0
 ) -> tuple[str, dict[ModelSpec, dict[str, Any]]]:
     results = measure(inference_rounds=inference_rounds, training_rounds=training_rounds, min_seconds=min_seconds)
-    return report(results, inference_rounds, training_rounds, min_seconds), results
+    text = report(results, inference_rounds, training_rounds, min_seconds)
+    return text + "\n\n" + breakdown_report(breakdown(min_seconds=min_seconds)), results
