@@ -81,7 +81,14 @@ _ANNOTATE_LINE = re.compile(
     r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
 )
 # MACs of these Keras layer types run in these TFLite ops.
-_LAYER_TO_OP = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
+# (The export turns PointwiseGroupConv2D into a grouped CONV_2D and a Dense
+# classifier into a 1x1 CONV_2D.)
+_LAYER_TO_OP = {
+    "Conv2D": "CONV_2D",
+    "PointwiseGroupConv2D": "CONV_2D",
+    "DepthwiseConv2D": "DEPTHWISE_CONV_2D",
+    "Dense": "CONV_2D",
+}
 
 
 @dataclasses.dataclass
