@@ -30,6 +30,19 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
+def _shape_ending_with(inputs: Any, last_dims: list[int]) -> Any:
+    """The shape ``(*inputs.shape[:-1], *last_dims)`` for ``tf.reshape``.
+
+    A static list when the inner dimensions are known (plain RESHAPE after
+    conversion, which TFLite Micro needs, and no shape ops in the graph),
+    else a tensor built from ``tf.shape``.
+    """
+    inner = list(inputs.shape[1:-1])
+    if all(d is not None for d in inner):
+        return [-1, *inner, *last_dims]
+    return tf.concat([tf.shape(inputs)[:-1], last_dims], axis=0)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ChannelShuffle(keras.layers.Layer):
     """Channel shuffle of ShuffleNet (Zhang et al., 2018, Sec. 3.1).
@@ -68,21 +81,11 @@ class ChannelShuffle(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         channels = inputs.shape[-1]
-        per_group = channels // self.groups
-        inner = list(inputs.shape[1:-1])
-        if all(d is not None for d in inner):
-            # Static shapes: plain RESHAPE/TRANSPOSE/RESHAPE after conversion.
-            grouped_shape = [-1, *inner, self.groups, per_group]
-            flat_shape = [-1, *inner, channels]
-        else:
-            leading = tf.shape(inputs)[:-1]
-            grouped_shape = tf.concat([leading, [self.groups, per_group]], axis=0)
-            flat_shape = tf.concat([leading, [channels]], axis=0)
         rank = len(inputs.shape)
         perm = [*range(rank - 1), rank, rank - 1]
-        x = tf.reshape(inputs, grouped_shape)
+        x = tf.reshape(inputs, _shape_ending_with(inputs, [self.groups, channels // self.groups]))
         x = tf.transpose(x, perm)
-        return tf.reshape(x, flat_shape)
+        return tf.reshape(x, _shape_ending_with(inputs, [channels]))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
@@ -140,7 +143,7 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
         w = tf.transpose(w, [1, 0, 2])
         y = tf.matmul(x, w)
         y = tf.transpose(y, [1, 0, 2])
-        return tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [groups * out_per_group]], axis=0))
+        return tf.reshape(y, _shape_ending_with(inputs, [groups * out_per_group]))
 
 
 def pointwise_conv(filters: int, groups: int, name: str) -> keras.layers.Layer:

@@ -250,6 +250,15 @@ def convert_float(model: Any) -> bytes:
 WEIGHT_QUANTIZATIONS = ("per_channel", "per_tensor")
 
 
+def check_weight_quantization(weight_quantization: Any) -> None:
+    """Raises ``ValueError`` naming the value unless it is one of :data:`WEIGHT_QUANTIZATIONS`."""
+    if weight_quantization not in WEIGHT_QUANTIZATIONS:
+        raise ValueError(
+            f"`weight_quantization` must be one of {WEIGHT_QUANTIZATIONS}. "
+            f"Received: weight_quantization={weight_quantization!r}"
+        )
+
+
 def convert_int8(model: Any, representative_samples: np.ndarray, weight_quantization: str = "per_channel") -> bytes:
     """Converts a Keras model (plain or quantization-aware) to a full-int8 ``.tflite`` flatbuffer.
 
@@ -273,11 +282,7 @@ def convert_int8(model: Any, representative_samples: np.ndarray, weight_quantiza
     Raises:
       ValueError: If an operator has no int8 kernel, naming the converter's error.
     """
-    if weight_quantization not in WEIGHT_QUANTIZATIONS:
-        raise ValueError(
-            f"`weight_quantization` must be one of {WEIGHT_QUANTIZATIONS}. "
-            f"Received: weight_quantization={weight_quantization!r}"
-        )
+    check_weight_quantization(weight_quantization)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # The converter's only switch for this (no public equivalent).

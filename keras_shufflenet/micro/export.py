@@ -224,11 +224,7 @@ def export(
         raise ValueError(f"`quantize` must be one of {QUANTIZE_MODES}. Received: quantize={quantize!r}")
     if isinstance(prune_sparsity, bool) or not isinstance(prune_sparsity, (int, float)) or not 0 <= prune_sparsity < 1:
         raise ValueError(f"`prune_sparsity` must be a number in [0, 1). Received: prune_sparsity={prune_sparsity!r}")
-    if weight_quantization not in convert.WEIGHT_QUANTIZATIONS:
-        raise ValueError(
-            f"`weight_quantization` must be one of {convert.WEIGHT_QUANTIZATIONS}. "
-            f"Received: weight_quantization={weight_quantization!r}"
-        )
+    convert.check_weight_quantization(weight_quantization)
     if weight_quantization == "per_tensor" and quantize == "qat":
         raise ValueError(
             "`weight_quantization='per_tensor'` works with quantize='ptq' only: "

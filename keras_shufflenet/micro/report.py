@@ -34,7 +34,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Model `{report['model_name']}`, input {'x'.join(map(str, report['input_shape']))}, "
         f"{report['macs']:,} MACs, {report['params']:,} parameters; quantization: {report['quantize']} "
-        f"(full int8, {report.get('weight_quantization', 'per_channel').replace('_', '-')} weights, "
+        f"(full int8, {report['weight_quantization'].replace('_', '-')} weights, "
         "int8 input and output).",
         "",
         "| quantity | value |",
