@@ -14,9 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import (
+    MOBILENET_050,
     PAIRS_224,
     PEERS_224,
     SHUFFLENET_1X_G3,
+    SHUFFLENET_1X_G8,
     ModelSpec,
     interleaved_medians,
     markdown_table,
@@ -24,7 +26,7 @@ from benchmarks.common import (
 )
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import PointwiseGroupConv2D
+from keras_shufflenet.layers import FusedBatchNormalization, PointwiseGroupConv2D, _shape_ending_with
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -118,6 +120,19 @@ class _Skip(keras.layers.Layer):
         return inputs
 
 
+class _BatchedMatmulGroupConv2D(PointwiseGroupConv2D):
+    """The previous lowering, kept to measure against: one batched matmul between two transposes."""
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        groups = self.groups
+        in_per_group = inputs.shape[-1] // groups
+        out_per_group = kernel.shape[-1] // groups
+        x = tf.transpose(tf.reshape(inputs, [-1, groups, in_per_group]), [1, 0, 2])
+        w = tf.transpose(tf.reshape(kernel, [in_per_group, groups, out_per_group]), [1, 0, 2])
+        y = tf.transpose(tf.matmul(x, w), [1, 0, 2])
+        return tf.reshape(y, _shape_ending_with(inputs, [groups * out_per_group]))
+
+
 def _variant(model: Any, replace: Any) -> Any:
     """``model`` with every layer for which ``replace(layer)`` returns a layer swapped for that layer."""
 
@@ -131,49 +146,122 @@ def _variant(model: Any, replace: Any) -> Any:
     return variant
 
 
-# What the breakdown removes or swaps, one layer kind at a time.
+def _swap(old: type, new: type) -> Any:
+    """A ``replace`` for :func:`_variant`: layers of exactly class ``old`` become ``new`` with their config."""
+    return lambda layer: new.from_config(layer.get_config()) if type(layer) is old else None
+
+
+def _remove(kind: type, where: Any = lambda layer: True) -> Any:
+    """A ``replace`` for :func:`_variant`: layers of ``kind`` (for which ``where`` holds) pass their input on."""
+    return lambda layer: _Skip(name=layer.name) if isinstance(layer, kind) and where(layer) else None
+
+
+# What the breakdown removes or swaps, one layer kind at a time. The first
+# rows are the lowerings before and after; the removals are costs, not models.
 BREAKDOWN = {
-    "as built (grouped 1x1 as PointwiseGroupConv2D)": lambda layer: None,
-    "grouped 1x1 as Conv2D(groups=g) (before)": lambda layer: (
-        keras.layers.Conv2D.from_config(layer.get_config()) if type(layer) is PointwiseGroupConv2D else None
+    "as built (PointwiseGroupConv2D, FusedBatchNormalization)": lambda layer: None,
+    "grouped 1x1 as one batched matmul between transposes (previous)": _swap(
+        PointwiseGroupConv2D, _BatchedMatmulGroupConv2D
     ),
-    "without the channel shuffles": lambda layer: _Skip(name=layer.name) if isinstance(layer, ChannelShuffle) else None,
-    "without batch norm": lambda layer: (
-        _Skip(name=layer.name) if isinstance(layer, keras.layers.BatchNormalization) else None
-    ),
-    "without the stride-1 depthwise convs": lambda layer: (
-        _Skip(name=layer.name)
-        if isinstance(layer, keras.layers.DepthwiseConv2D) and tuple(layer.strides) == (1, 1)
-        else None
+    "grouped 1x1 as Conv2D(groups=g) (first)": _swap(PointwiseGroupConv2D, keras.layers.Conv2D),
+    "batch norm as Keras' BatchNormalization (before)": _swap(FusedBatchNormalization, keras.layers.BatchNormalization),
+    "without the channel shuffles": _remove(ChannelShuffle),
+    "without batch norm": _remove(keras.layers.BatchNormalization),
+    "without the stride-1 depthwise convs": _remove(
+        keras.layers.DepthwiseConv2D, lambda layer: tuple(layer.strides) == (1, 1)
     ),
 }
 
+# The same fused batch norm in the peer, to show what it is worth there.
+PEER_BREAKDOWN = {
+    "as built (keras.applications)": lambda layer: None,
+    "with FusedBatchNormalization": _swap(keras.layers.BatchNormalization, FusedBatchNormalization),
+}
 
-def breakdown(spec: ModelSpec = SHUFFLENET_1X_G3, rounds: int = 3, min_seconds: float = 1.0) -> dict[str, Any]:
+
+def breakdown(
+    spec: ModelSpec = SHUFFLENET_1X_G3, variants: dict[str, Any] = BREAKDOWN, rounds: int = 3, min_seconds: float = 1.0
+) -> dict[str, Any]:
     """Seconds per batch of ``spec`` with one kind of layer removed or swapped at a time (Keras 3).
 
+    Args:
+      spec: The model.
+      variants: Label -> ``replace`` function for :func:`_variant`; the first is the reference.
+      rounds: Interleaved rounds.
+      min_seconds: Shortest timed inference stretch per variant, mode and round.
+
     Returns:
-      Per variant of :data:`BREAKDOWN`: seconds per call per mode.
+      Per variant: seconds per call per mode.
     """
     rng = np.random.default_rng(0)
     model = spec.build(INPUT_SHAPE, CLASSES)
     calls: dict[tuple[str, str], Any] = {}
-    for label, replace in BREAKDOWN.items():
+    for label, replace in variants.items():
         for mode, call in _callables(_variant(model, replace), rng).items():
             calls[(label, mode)] = call
     inference = {key: call for key, call in calls.items() if not key[1].startswith("training")}
     training = {key: call for key, call in calls.items() if key[1].startswith("training")}
     seconds = interleaved_medians(inference, rounds=rounds, min_seconds=min_seconds, warmup_calls=1)
     seconds.update(interleaved_medians(training, rounds=rounds, min_seconds=0.0))
-    results: dict[str, Any] = {label: {} for label in BREAKDOWN}
+    results: dict[str, Any] = {label: {} for label in variants}
     for (label, mode), value in seconds.items():
         results[label][mode] = value
     return results
 
 
-def breakdown_report(results: dict[str, Any], spec: ModelSpec = SHUFFLENET_1X_G3) -> str:
-    """The markdown of :func:`breakdown`: milliseconds per batch and the change against the model as built."""
-    built = results[next(iter(BREAKDOWN))]
+# Ops that move no data (or only a handle): not counted as work in graph_stats.
+_FREE_OPS = {"Const", "Identity", "NoOp", "Placeholder", "ReadVariableOp", "Reshape", "Shape", "VarHandleOp"}
+
+
+def graph_stats(model: Any) -> dict[str, Any]:
+    """What one batch-1 inference executes: ops of the traced graph and the activation bytes they write.
+
+    Returns:
+      ``"ops"`` (ops that compute or copy data, per type too), ``"activation_mb"``
+      (float32 megabytes written by them) and ``"macs"``.
+    """
+    spec = tf.TensorSpec((1, *INPUT_SHAPE), tf.float32)
+    graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec).graph
+    ops = [op for op in graph.get_operations() if op.type not in _FREE_OPS]
+    written = sum(int(np.prod(out.shape)) * 4 for op in ops for out in op.outputs if out.shape.is_fully_defined())
+    types: dict[str, int] = {}
+    for op in ops:
+        types[op.type] = types.get(op.type, 0) + 1
+    return {"ops": len(ops), "op_types": types, "activation_mb": written / 1e6, "macs": profile(model).macs}
+
+
+def graph_stats_report(models: tuple[ModelSpec, ...] = (SHUFFLENET_1X_G3, SHUFFLENET_1X_G8, MOBILENET_050)) -> str:
+    """The markdown of :func:`graph_stats` for ``models``."""
+    rows = []
+    for spec in models:
+        stats = graph_stats(spec.build(INPUT_SHAPE, CLASSES))
+        top = sorted(stats["op_types"].items(), key=lambda item: -item[1])[:6]
+        rows.append(
+            [
+                spec.label,
+                f"{stats['macs'] / 1e6:.0f}",
+                str(stats["ops"]),
+                f"{stats['activation_mb']:.1f}",
+                f"{stats['macs'] / (stats['activation_mb'] * 1e6):.1f}",
+                ", ".join(f"{name} {count}" for name, count in top),
+            ]
+        )
+    return "\n\n".join(
+        [
+            "**What one inference executes** (the traced Keras graph at batch 1, before TensorFlow's graph "
+            "optimizer; ops that move no data, such as reshapes and variable reads, are not counted). Every op "
+            "is one kernel dispatch; activation bytes are the float32 outputs those ops write.",
+            markdown_table(
+                ["model", "MMACs", "ops", "activations written (MB)", "MACs per activation byte", "most frequent ops"],
+                rows,
+            ),
+        ]
+    )
+
+
+def breakdown_report(results: dict[str, Any], title: str, explanation: str) -> str:
+    """The markdown of :func:`breakdown`: milliseconds per batch and the change against the first variant."""
+    built = next(iter(results.values()))
     rows = []
     for label, seconds in results.items():
         cells = []
@@ -183,10 +271,8 @@ def breakdown_report(results: dict[str, Any], spec: ModelSpec = SHUFFLENET_1X_G3
         rows.append([label, *cells])
     return "\n\n".join(
         [
-            f"**Where {spec.label}'s Keras time goes.** Milliseconds per call (batch 1 and 32 inference, one "
-            "training step at batch 32), median of interleaved rounds, with one kind of layer swapped or removed "
-            "at a time (a removed layer passes its input through; the numbers are costs, not a working model). "
-            "The first two rows are the grouped 1×1 convolution's lowering before and after.",
+            f"**{title}** Milliseconds per call (batch 1 and 32 inference, one training step at batch 32), "
+            f"median of interleaved rounds, and the change against the first row. {explanation}",
             markdown_table(["variant", *(f"{mode} (ms)" for mode in MODES)], rows),
         ]
     )
@@ -196,5 +282,19 @@ def run(
     inference_rounds: int = 5, training_rounds: int = 3, min_seconds: float = 1.0
 ) -> tuple[str, dict[ModelSpec, dict[str, Any]]]:
     results = measure(inference_rounds=inference_rounds, training_rounds=training_rounds, min_seconds=min_seconds)
-    text = report(results, inference_rounds, training_rounds, min_seconds)
-    return text + "\n\n" + breakdown_report(breakdown(min_seconds=min_seconds)), results
+    sections = [
+        report(results, inference_rounds, training_rounds, min_seconds),
+        breakdown_report(
+            breakdown(SHUFFLENET_1X_G3, BREAKDOWN, min_seconds=min_seconds),
+            f"Where {SHUFFLENET_1X_G3.label}'s Keras time goes.",
+            "One kind of layer is swapped or removed at a time (a removed layer passes its input through: those "
+            "rows are costs, not working models). Rows 2-4 are the lowerings this package replaced.",
+        ),
+        breakdown_report(
+            breakdown(MOBILENET_050, PEER_BREAKDOWN, min_seconds=min_seconds),
+            f"The same fused batch norm in {MOBILENET_050.label}.",
+            "keras.applications builds it with Keras' BatchNormalization; the tables above compare against that.",
+        ),
+        graph_stats_report(),
+    ]
+    return "\n\n".join(sections), results

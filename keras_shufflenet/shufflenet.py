@@ -14,7 +14,7 @@ import numpy as np
 
 from keras_shufflenet import architecture
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import BN_EPSILON, BN_MOMENTUM, apply_unit, unit_layers
+from keras_shufflenet.layers import apply_unit, batch_norm, unit_layers
 
 _POOLING = (None, "avg", "max")
 
@@ -157,7 +157,7 @@ def ShuffleNet(
         kernel_initializer="he_normal",
         name="conv1",
     )(img_input)
-    x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="conv1_bn")(x)
+    x = batch_norm("conv1_bn")(x)
     x = L.ReLU(name="conv1_relu")(x)
     x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
     for unit in spec.units:

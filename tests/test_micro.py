@@ -16,6 +16,7 @@ import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
 from keras_shufflenet import ShuffleNet
+from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.micro import UnsupportedOpError, compact, convert, export, firmware, verify
 
@@ -295,10 +296,13 @@ def test_pruning_a_keras3_model_explains_tf_keras(tiny_model, tmp_path):
         export(tiny_model, [np.zeros((1, *INPUT_SHAPE), np.float32)], str(tmp_path / "run"), prune_sparsity=0.5)
 
 
-def test_export_graph_has_grouped_conv2d_not_the_keras_matmul_lowering(tiny_model, rng):
+def test_export_graph_has_the_plain_keras_layers_not_the_training_lowerings(tiny_model, rng):
     static = convert.static_batch_model(tiny_model)
     grouped = [layer for layer in static.layers if layer.name.endswith(("gconv1", "gconv2")) and layer.groups > 1]
     assert grouped and all(type(layer) is keras.layers.Conv2D for layer in grouped)
+    norms = [layer for layer in static.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    plain_norms = (keras.layers.BatchNormalization, convert.BatchNormalizationReLU)
+    assert norms and all(type(layer) in plain_norms for layer in norms)
     image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(static(image).numpy(), tiny_model(image).numpy(), rtol=1e-5, atol=1e-6)
     ops = convert.op_histogram(convert.convert_float(tiny_model))
@@ -306,6 +310,34 @@ def test_export_graph_has_grouped_conv2d_not_the_keras_matmul_lowering(tiny_mode
     # Every convolution, grouped or not, and the classifier is one CONV_2D.
     convs = [layer for layer in static.layers if type(layer).__name__ in ("Conv2D", "DenseAsPointwiseConv")]
     assert ops["CONV_2D"] == len(convs)
+
+
+def test_relu_after_a_concat_moves_onto_its_inputs(tiny_model, rng):
+    stride2 = [unit.name for unit in network_spec(groups=3, scale_factor=0.25).units if unit.strides == 2]
+    dropped, fused = convert.relus_through_concats(tiny_model)
+    # Stride-2 units: relu(concat(avg_pool(x), bn(conv))) with x a ReLU's output.
+    assert dropped == {f"{name}_relu" for name in stride2}
+    assert fused == {f"{name}_gconv2_bn" for name in stride2}
+    static = convert.static_batch_model(tiny_model)
+    assert {type(static.get_layer(name)) for name in dropped} == {convert.PassThrough}
+    image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(static(image).numpy(), tiny_model(image).numpy(), rtol=1e-5, atol=1e-6)
+    assert "RELU" not in convert.op_histogram(convert.convert_float(tiny_model))
+
+
+def test_relu_after_a_concat_stays_when_an_input_can_be_negative(rng):
+    image = keras.Input(batch_shape=(1, 6, 6, 3))
+    conv = keras.layers.Conv2D(4, 1, name="conv")(image)
+    shared_bn = keras.layers.BatchNormalization(name="shared_bn")(conv)
+    for second in (image, shared_bn):  # A raw input; a batch norm that another layer also reads.
+        joined = keras.layers.Concatenate()([keras.layers.AveragePooling2D(1)(image), second])
+        outputs = [keras.layers.ReLU()(joined)] + ([keras.layers.Flatten()(shared_bn)] if second is shared_bn else [])
+        model = keras.Model(image, outputs)
+        assert convert.relus_through_concats(model) == (set(), set())
+    x = rng.normal(size=(1, 6, 6, 3)).astype(np.float32)
+    model = keras.Model(image, keras.layers.ReLU()(keras.layers.Concatenate()([image, conv])))
+    assert "RELU" in convert.op_histogram(convert.convert_float(model))
+    np.testing.assert_allclose(convert.static_batch_model(model)(x).numpy(), model(x).numpy(), rtol=1e-6)
 
 
 def test_unsupported_op_is_named():

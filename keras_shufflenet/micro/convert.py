@@ -18,7 +18,7 @@ import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import PointwiseGroupConv2D
+from keras_shufflenet.layers import FusedBatchNormalization, PointwiseGroupConv2D
 
 # Builtin operators that TFLite Micro implements, with the MicroMutableOpResolver
 # method that registers each one (tensorflow/lite/micro/micro_mutable_op_resolver.h).
@@ -178,14 +178,115 @@ class DenseAsPointwiseConv(keras.layers.Dense):
         return self.activation(y) if self.activation is not None else y
 
 
-def _export_layer(layer: Any) -> Any:
+class PassThrough(keras.layers.Layer):
+    """Returns its input: stands, under the same name, for a layer whose work the export moved elsewhere."""
+
+    def call(self, inputs: Any) -> Any:
+        return inputs
+
+
+class BatchNormalizationReLU(keras.layers.BatchNormalization):
+    """``BatchNormalization`` followed by a ReLU; TFLite folds both into the preceding convolution."""
+
+    def call(self, inputs: Any, training: Any = None, **kwargs: Any) -> Any:
+        return tf.nn.relu(super().call(inputs, training=training, **kwargs))
+
+
+def _producer(tensor: Any) -> Any:
+    return tensor._keras_history[0]
+
+
+def _input_list(layer: Any) -> list[Any]:
+    inputs = layer.input
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+def _is_plain_relu(layer: Any) -> bool:
+    return (
+        type(layer) is keras.layers.ReLU
+        and layer.max_value is None
+        and float(layer.negative_slope) == 0.0
+        and float(layer.threshold) == 0.0
+    )
+
+
+def _is_non_negative(layer: Any) -> bool:
+    """Whether ``layer``'s output is never negative: a ReLU's, or a pool of such an output."""
+    if _is_plain_relu(layer):
+        return True
+    if isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D)):
+        return _is_non_negative(_producer(layer.input))
+    return False
+
+
+def relus_through_concats(model: Any) -> tuple[set[str], set[str]]:
+    """The ReLUs after a concatenation that the export moves onto the concatenation's inputs.
+
+    ``relu(concat(a, b)) == concat(relu(a), relu(b))``. On an input that is
+    already non-negative (a ReLU's output, or a pool of one: the average-pooled
+    shortcut of a stride-2 ShuffleNet unit) the ReLU is the identity; after a
+    batch norm it joins the batch norm, and TFLite fuses it into the
+    convolution before. The converted model then has no standalone RELU:
+    TFLite's int8 RELU requantizes element by element outside XNNPACK, and
+    costs TFLite Micro instructions for nothing.
+
+    Args:
+      model: A functional Keras model.
+
+    Returns:
+      ``(names of the ReLU layers to drop, names of the batch norms that take
+      their ReLU)``; both empty after quantization-aware training (whose
+      fake-quant placement must stay as trained) and for models with shared
+      layers.
+    """
+    if any(type(layer).__module__.startswith("tensorflow_model_optimization") for layer in model.layers):
+        return set(), set()
+    if any(len(layer._inbound_nodes) > 1 for layer in model.layers):
+        return set(), set()  # A shared layer: its inputs are not one tensor each; leave the graph as it is.
+    consumers: dict[str, int] = {}
+    for layer in model.layers:
+        for tensor in _input_list(layer) if layer._inbound_nodes else []:
+            name = _producer(tensor).name
+            consumers[name] = consumers.get(name, 0) + 1
+    for tensor in model.outputs:
+        consumers[_producer(tensor).name] = consumers.get(_producer(tensor).name, 0) + 1
+    dropped: set[str] = set()
+    fused: set[str] = set()
+    for relu in model.layers:
+        if not _is_plain_relu(relu):
+            continue
+        concat = _producer(relu.input)
+        if not isinstance(concat, keras.layers.Concatenate) or consumers.get(concat.name) != 1:
+            continue
+        takers = []
+        for tensor in _input_list(concat):
+            source = _producer(tensor)
+            if _is_non_negative(source):
+                continue
+            if isinstance(source, keras.layers.BatchNormalization) and consumers.get(source.name) == 1:
+                takers.append(source.name)
+                continue
+            break
+        else:
+            dropped.add(relu.name)
+            fused.update(takers)
+    return dropped, fused
+
+
+def _export_layer(layer: Any, dropped_relus: set[str] = frozenset(), relu_batch_norms: set[str] = frozenset()) -> Any:
     """The layer of the export graph standing for ``layer`` (same config and name)."""
     if isinstance(layer, keras.layers.Lambda):
         return layer  # Stateless; Keras refuses to rebuild a Python lambda from its config.
     config = layer.get_config()
+    if layer.name in dropped_relus:
+        return PassThrough(name=layer.name)
+    if layer.name in relu_batch_norms:
+        return BatchNormalizationReLU.from_config(config)
     if type(layer) is PointwiseGroupConv2D:
         # TFLite's grouped CONV_2D, not the training-time matmul lowering.
         return keras.layers.Conv2D.from_config(config)
+    if type(layer) is FusedBatchNormalization:
+        return keras.layers.BatchNormalization.from_config(config)  # The same inference math.
     inputs = layer.input
     on_features = not isinstance(inputs, (list, tuple)) and len(inputs.shape) == 2
     if type(layer) is keras.layers.Dense and on_features:
@@ -202,9 +303,12 @@ def static_batch_model(model: Any) -> Any:
     """Re-instantiates ``model`` on a ``(1, H, W, C)`` input and copies its weights layer by layer.
 
     The layers TFLite should see replace those that are faster in Keras, with
-    identical math: Dense classifiers become :class:`DenseAsPointwiseConv`
-    and :class:`~keras_shufflenet.layers.PointwiseGroupConv2D` becomes a
-    grouped ``Conv2D`` (TFLite's grouped CONV_2D).
+    identical math: Dense classifiers become :class:`DenseAsPointwiseConv`,
+    :class:`~keras_shufflenet.layers.PointwiseGroupConv2D` becomes a
+    grouped ``Conv2D`` (TFLite's grouped CONV_2D), and
+    :class:`~keras_shufflenet.layers.FusedBatchNormalization` the plain
+    ``BatchNormalization``. A ReLU after a concatenation moves onto its
+    inputs (:func:`relus_through_concats`).
 
     Args:
       model: A functional Keras model (Keras 3 or tf_keras) with one image input.
@@ -217,8 +321,13 @@ def static_batch_model(model: Any) -> Any:
     image = keras.Input(batch_shape=(1, height, width, channels), name=model.inputs[0].name.split(":")[0])
     # Models built on an `input_tensor` take a list of one input.
     input_tensors = [image] if isinstance(model.input, (list, tuple)) else image
+    dropped_relus, relu_batch_norms = relus_through_concats(model)
     with _clone_scope(model):
-        static = keras.models.clone_model(model, input_tensors=input_tensors, clone_function=_export_layer)
+        static = keras.models.clone_model(
+            model,
+            input_tensors=input_tensors,
+            clone_function=lambda layer: _export_layer(layer, dropped_relus, relu_batch_norms),
+        )
     for layer in static.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
