@@ -169,6 +169,34 @@ def ratio_pairs(results: dict[ModelSpec, Any], pairs: Any) -> list[tuple[str, An
     ]
 
 
+# --- Model variants (what a breakdown swaps or removes) -------------------------
+
+
+def variant(model: Any, replace: Any) -> Any:
+    """``model`` with every layer for which ``replace(layer)`` returns a layer swapped for that layer."""
+
+    def clone(layer: Any) -> Any:
+        return replace(layer) or layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
+def swap_layers(old: type, new: type) -> Any:
+    """A ``replace`` for :func:`variant`: layers of exactly class ``old`` become ``new`` with their config."""
+    return lambda layer: new.from_config(layer.get_config()) if type(layer) is old else None
+
+
+def remove_layers(kind: type, where: Any = lambda layer: True) -> Any:
+    """A ``replace`` for :func:`variant`: layers of ``kind`` (for which ``where`` holds) pass their input on."""
+    return lambda layer: (
+        micro_convert.PassThrough(name=layer.name) if isinstance(layer, kind) and where(layer) else None
+    )
+
+
 # --- Timing --------------------------------------------------------------------
 
 

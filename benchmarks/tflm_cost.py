@@ -91,6 +91,16 @@ _LAYER_TO_OP = {
 }
 
 
+def macs_by_op(cost: Any) -> dict[str, int]:
+    """MACs per TFLite op type, from a :func:`~keras_shufflenet.profiling.profile` of the Keras model."""
+    op_macs: dict[str, int] = {}
+    for layer in cost.layers:
+        op = _LAYER_TO_OP.get(layer.type)
+        if op and layer.macs:
+            op_macs[op] = op_macs.get(op, 0) + layer.macs
+    return op_macs
+
+
 @dataclasses.dataclass
 class TFLMCost:
     """The microcontroller cost of one model.
@@ -258,11 +268,7 @@ def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None)
         for spec in models:
             model = spec.build(INPUT_SHAPE, CLASSES, batch_size=1)
             cost = profile(model)
-            op_macs: dict[str, int] = {}
-            for layer in cost.layers:
-                op = _LAYER_TO_OP.get(layer.type)
-                if op and layer.macs:
-                    op_macs[op] = op_macs.get(op, 0) + layer.macs
+            op_macs = macs_by_op(cost)
             set_batch_norm_statistics(model)
             tflite_model = convert_int8(model)
             stem = re.sub(r"\W+", "_", spec.label).strip("_").lower()

@@ -181,7 +181,7 @@ class DenseAsPointwiseConv(keras.layers.Dense):
 class PassThrough(keras.layers.Layer):
     """Returns its input: stands, under the same name, for a layer whose work the export moved elsewhere."""
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, mask: Any = None, training: Any = None) -> Any:
         return inputs
 
 

@@ -1,0 +1,58 @@
+"""The benchmark helpers that turn measurements into published numbers."""
+
+import numpy as np
+import pytest
+
+from benchmarks.common import remove_layers, swap_layers, variant
+from benchmarks.keras_speed import graph_stats
+from benchmarks.tflm_cost import macs_by_op
+from keras_shufflenet import ChannelShuffle, ShuffleNet
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
+from keras_shufflenet.layers import PointwiseGroupConv2D
+from keras_shufflenet.profiling import profile
+
+
+@pytest.fixture(scope="module")
+def small_shufflenet():
+    keras.utils.set_random_seed(0)
+    return ShuffleNet(input_shape=(32, 32, 3), classes=4, scale_factor=0.25, groups=3, weights=None)
+
+
+def test_macs_by_op_accounts_for_every_mac_of_the_model(small_shufflenet):
+    cost = profile(small_shufflenet)
+    by_op = macs_by_op(cost)
+    # Every MAC of a ShuffleNet runs in a convolution or the classifier (a 1x1 CONV_2D after export).
+    assert set(by_op) == {"CONV_2D", "DEPTHWISE_CONV_2D"}
+    assert sum(by_op.values()) == cost.macs
+    dw = sum(layer.macs for layer in cost.layers if layer.type == "DepthwiseConv2D")
+    assert by_op["DEPTHWISE_CONV_2D"] == dw > 0
+
+
+@pytest.mark.skipif(USE_LEGACY_KERAS, reason="PointwiseGroupConv2D is the Keras 3 lowering")
+def test_variant_swaps_layers_and_keeps_weights_and_outputs(small_shufflenet, rng):
+    swapped = variant(small_shufflenet, swap_layers(PointwiseGroupConv2D, keras.layers.Conv2D))
+    assert not [layer for layer in swapped.layers if type(layer) is PointwiseGroupConv2D]
+    assert [layer.name for layer in swapped.layers] == [layer.name for layer in small_shufflenet.layers]
+    x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(swapped(x).numpy(), small_shufflenet(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_remove_layers_passes_the_input_through(rng):
+    image = keras.Input((2, 2, 6))
+    model = keras.Model(image, ChannelShuffle(3, name="shuffle")(image))
+    x = rng.normal(size=(1, 2, 2, 6)).astype(np.float32)
+    assert not np.array_equal(model(x).numpy(), x)
+    np.testing.assert_array_equal(variant(model, remove_layers(ChannelShuffle))(x).numpy(), x)
+
+
+def test_graph_stats_counts_the_ops_and_bytes_of_one_inference():
+    image = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 1, use_bias=False)(image)
+    model = keras.Model(image, keras.layers.ReLU()(keras.layers.Concatenate()([conv, conv])))
+    stats = graph_stats(model)
+    # Conv2D, ConcatV2 and Relu run; the variable read moves no data.
+    assert stats["op_types"] == {"Conv2D": 1, "ConcatV2": 1, "Relu": 1}
+    assert stats["ops"] == 3
+    # float32 outputs: 8x8x4 (conv), 8x8x8 (concat), 8x8x8 (relu); the concat's axis is a const.
+    assert stats["activation_mb"] * 1e6 == pytest.approx(4 * 64 * (4 + 8 + 8))
+    assert stats["macs"] == 8 * 8 * 3 * 4
