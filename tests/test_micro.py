@@ -325,6 +325,19 @@ def test_relu_after_a_concat_moves_onto_its_inputs(tiny_model, rng):
     assert "RELU" not in convert.op_histogram(convert.convert_float(tiny_model))
 
 
+def test_relu_moves_when_the_layers_also_serve_another_model(rng):
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=INPUT_SHAPE, classes=CLASSES, scale_factor=0.25, groups=3)
+    # tfmot's prune and strip clone a model reusing its unwrapped layers: each then has two inbound nodes.
+    keras.models.clone_model(model, clone_function=lambda layer: layer)
+    assert convert.relus_through_concats(model) == (set(), set())  # Ambiguous on the shared layers themselves.
+    assert "RELU" not in convert.op_histogram(convert.convert_float(model))  # Read on the export's fresh copy.
+    image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(
+        convert.static_batch_model(model)(image).numpy(), model(image).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_relu_after_a_concat_stays_when_an_input_can_be_negative(rng):
     image = keras.Input(batch_shape=(1, 6, 6, 3))
     conv = keras.layers.Conv2D(4, 1, name="conv")(image)

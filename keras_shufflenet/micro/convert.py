@@ -318,16 +318,24 @@ def static_batch_model(model: Any) -> Any:
       static shape with batch 1.
     """
     height, width, channels = input_shape_of(model)
-    image = keras.Input(batch_shape=(1, height, width, channels), name=model.inputs[0].name.split(":")[0])
-    # Models built on an `input_tensor` take a list of one input.
-    input_tensors = [image] if isinstance(model.input, (list, tuple)) else image
-    dropped_relus, relu_batch_norms = relus_through_concats(model)
+    input_name = model.inputs[0].name.split(":")[0]
+
+    def input_tensors() -> Any:
+        image = keras.Input(batch_shape=(1, height, width, channels), name=input_name)
+        # Models built on an `input_tensor` take a list of one input.
+        return [image] if isinstance(model.input, (list, tuple)) else image
+
     with _clone_scope(model):
-        static = keras.models.clone_model(
-            model,
-            input_tensors=input_tensors,
-            clone_function=lambda layer: _export_layer(layer, dropped_relus, relu_batch_norms),
-        )
+        static = keras.models.clone_model(model, input_tensors=input_tensors(), clone_function=_export_layer)
+        # Read the graph on the fresh copy: there every layer has one inbound node, even
+        # where the caller's layers were reused by another model (tfmot's clone_model does that).
+        dropped_relus, relu_batch_norms = relus_through_concats(static)
+        if dropped_relus:
+            static = keras.models.clone_model(
+                static,
+                input_tensors=input_tensors(),
+                clone_function=lambda layer: _export_layer(layer, dropped_relus, relu_batch_norms),
+            )
     for layer in static.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
