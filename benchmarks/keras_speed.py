@@ -29,7 +29,7 @@ from benchmarks.common import (
 )
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import FusedBatchNormalization, PointwiseGroupConv2D, _shape_ending_with
+from keras_shufflenet.layers import PointwiseGroupConv2D, _shape_ending_with
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -132,25 +132,16 @@ class _BatchedMatmulGroupConv2D(PointwiseGroupConv2D):
 # What the breakdown removes or swaps, one layer kind at a time. The first
 # rows are the lowerings before and after; the removals are costs, not models.
 BREAKDOWN = {
-    "as built (PointwiseGroupConv2D, FusedBatchNormalization)": lambda layer: None,
+    "as built (grouped 1x1 as PointwiseGroupConv2D)": lambda layer: None,
     "grouped 1x1 as one batched matmul between transposes (previous)": swap_layers(
         PointwiseGroupConv2D, _BatchedMatmulGroupConv2D
     ),
     "grouped 1x1 as Conv2D(groups=g) (first)": swap_layers(PointwiseGroupConv2D, keras.layers.Conv2D),
-    "batch norm as Keras' BatchNormalization (before)": swap_layers(
-        FusedBatchNormalization, keras.layers.BatchNormalization
-    ),
     "without the channel shuffles": remove_layers(ChannelShuffle),
     "without batch norm": remove_layers(keras.layers.BatchNormalization),
     "without the stride-1 depthwise convs": remove_layers(
         keras.layers.DepthwiseConv2D, lambda layer: tuple(layer.strides) == (1, 1)
     ),
-}
-
-# The same fused batch norm in the peer, to show what it is worth there.
-PEER_BREAKDOWN = {
-    "as built (keras.applications)": lambda layer: None,
-    "with FusedBatchNormalization": swap_layers(keras.layers.BatchNormalization, FusedBatchNormalization),
 }
 
 
@@ -275,12 +266,7 @@ def run(
             breakdown(SHUFFLENET_1X_G3, BREAKDOWN, min_seconds=min_seconds),
             f"Where {SHUFFLENET_1X_G3.label}'s Keras time goes.",
             "One kind of layer is swapped or removed at a time (a removed layer passes its input through: those "
-            "rows are costs, not working models). Rows 2-4 are the lowerings this package replaced.",
-        ),
-        breakdown_report(
-            breakdown(MOBILENET_050, PEER_BREAKDOWN, min_seconds=min_seconds),
-            f"The same fused batch norm in {MOBILENET_050.label}.",
-            "keras.applications builds it with Keras' BatchNormalization; the tables above compare against that.",
+            "rows are costs, not working models). Rows 2 and 3 are the lowerings this package replaced.",
         ),
         graph_stats_report(),
     ]

@@ -143,63 +143,9 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
         return tf.reshape(y, _shape_ending_with(inputs, [out_channels]))
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """``BatchNormalization`` whose training step runs TensorFlow's fused kernel.
-
-    Keras 3 normalizes a training batch with separate ops (moments,
-    subtract, multiply, add) and differentiates each of them; TensorFlow's
-    ``FusedBatchNormV3`` does the forward pass, and its gradient the
-    backward pass, in one kernel each. Weights, configuration, moving
-    statistics and results are those of ``BatchNormalization``: the moving
-    variance is updated with the biased batch variance, as Keras does (the
-    fused kernel returns the unbiased one, which is rescaled).
-
-    Inference, and anything the fused kernel does not cover (a mask,
-    renormalization, synchronized statistics, inputs that are not 4-D
-    channels-last), run ``BatchNormalization``'s own code.
-
-    :func:`keras_shufflenet.ShuffleNet` uses it under Keras 3. The TFLite
-    export swaps it back to ``BatchNormalization``, which the converter folds
-    into the preceding convolution.
-    """
-
-    def _fused_in_training(self, inputs: Any, training: Any, mask: Any) -> bool:
-        return bool(
-            training
-            and self.trainable
-            and mask is None
-            and not self.renorm
-            and not self.synchronized
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
-        )
-
-    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        if not self._fused_in_training(inputs, training, mask):
-            return super().call(inputs, training=training, mask=mask)
-        # Statistics in float32, as BatchNormalization computes them.
-        x = tf.cast(inputs, "float32")
-        channels = x.shape[-1]
-        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
-        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
-        y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=self.epsilon, is_training=True
-        )
-        count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
-        variance = unbiased_variance * tf.maximum(count - 1.0, 1.0) / count
-        momentum = self.momentum
-        self.moving_mean.assign(self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1 - momentum))
-        self.moving_variance.assign(
-            self.moving_variance * momentum + tf.cast(variance, self.moving_variance.dtype) * (1 - momentum)
-        )
-        return tf.cast(y, self.compute_dtype)
-
-
 def batch_norm(name: str) -> keras.layers.Layer:
-    """A batch norm of the network: ``FusedBatchNormalization`` under Keras 3, else ``BatchNormalization``."""
-    layer = keras.layers.BatchNormalization if USE_LEGACY_KERAS else FusedBatchNormalization
-    return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    """A batch norm of the network, with the official implementation's momentum and epsilon."""
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def pointwise_conv(filters: int, groups: int, name: str) -> keras.layers.Layer:

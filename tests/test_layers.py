@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_shufflenet import ChannelShuffle, ShuffleUnit
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
-from keras_shufflenet.layers import FusedBatchNormalization, PointwiseGroupConv2D, batch_norm, pointwise_conv
+from keras_shufflenet.layers import PointwiseGroupConv2D, batch_norm, pointwise_conv
 
 
 @pytest.mark.parametrize("groups, channels", [(1, 4), (2, 6), (3, 12), (4, 8), (8, 24)])
@@ -94,104 +94,9 @@ def test_units_use_the_matmul_lowering_only_under_keras3():
     assert type(pointwise_conv(6, 3, "b")) is expected
 
 
-def _batch_norm_pair(shape, rng, **kwargs):
-    """A FusedBatchNormalization and a BatchNormalization with the same random weights."""
-    fused = FusedBatchNormalization(**kwargs)
-    plain = keras.layers.BatchNormalization(**kwargs)
-    fused.build(shape)
-    plain.build(shape)
-    weights = [rng.normal(size=w.shape).astype(np.float32) for w in fused.weights]
-    if "moving_variance" in [w.name.split("/")[-1].split(":")[0] for w in fused.weights]:
-        weights[-1] = np.abs(weights[-1]) + 0.5  # A variance is positive.
-    fused.set_weights(weights)
-    plain.set_weights(weights)
-    return fused, plain
-
-
-@pytest.mark.parametrize(
-    "shape, kwargs",
-    [
-        ((4, 5, 3, 6), {"momentum": 0.9, "epsilon": 1e-5}),
-        ((2, 3, 3, 8), {"center": False, "scale": False}),
-        ((3, 2, 2, 5), {"momentum": 0.5, "epsilon": 1e-3, "center": False}),
-        ((1, 1, 1, 4), {"momentum": 0.9}),  # One value per channel: a zero variance.
-    ],
-)
-def test_fused_batch_norm_training_equals_batch_normalization(shape, kwargs, rng):
-    fused, plain = _batch_norm_pair(shape, rng, **kwargs)
-    x = tf.constant(3.0 + 2.0 * rng.normal(size=shape).astype(np.float32))
-    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
-    results = []
-    for layer in (fused, plain):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(y * upstream)
-        grads = tape.gradient(loss, [x, *layer.trainable_weights])
-        # Forward, input and parameter gradients, then the updated moving statistics.
-        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
-    for fused_value, plain_value in zip(*results, strict=True):
-        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(plain_value), rtol=1e-4, atol=1e-5)
-    assert "FusedBatchNormV3" in _op_types(lambda images: fused(images, training=True), shape)
-    if not USE_LEGACY_KERAS:  # tf_keras' own BatchNormalization is fused already.
-        assert "FusedBatchNormV3" not in _op_types(lambda images: fused(images, training=False), shape)
-
-
-def _op_types(fn, shape):
-    graph = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
-    return {op.type for op in graph.get_operations()}
-
-
-@pytest.mark.skipif(USE_LEGACY_KERAS, reason="tf_keras keeps the unbiased variance; fused only under Keras 3")
-def test_fused_batch_norm_moving_variance_is_the_biased_batch_variance(rng):
-    layer = FusedBatchNormalization(momentum=0.0)  # The moving statistics become the batch's.
-    x = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
-    layer(x, training=True)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), x.var(axis=(0, 1, 2)), rtol=1e-5)
-
-
-def test_fused_batch_norm_inference_and_fallbacks_equal_batch_normalization(rng):
-    fused, plain = _batch_norm_pair((2, 3, 3, 4), rng)
-    x = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
-    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), rtol=1e-5, atol=1e-6)
-    fused.trainable = plain.trainable = False  # A frozen BN normalizes with its moving statistics.
-    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-6)
-    # Rank 2 and channels-first are not the fused kernel's: BatchNormalization's own code runs.
-    for shape, kwargs in [((6, 5), {}), ((2, 4, 3, 3), {"axis": 1})]:
-        fused, plain = _batch_norm_pair(shape, rng, **kwargs)
-        x = rng.normal(size=shape).astype(np.float32)
-        np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-6)
-
-
-def test_fused_batch_norm_under_mixed_precision(rng):
-    x = rng.normal(size=(2, 4, 4, 8)).astype(np.float32)
-    fused = FusedBatchNormalization(dtype="mixed_float16")
-    plain = keras.layers.BatchNormalization(dtype="mixed_float16")
-    y_fused, y_plain = fused(x.astype(np.float16), training=True), plain(x.astype(np.float16), training=True)
-    assert y_fused.dtype == y_plain.dtype == tf.float16
-    assert fused.moving_variance.dtype == tf.float32
-    np.testing.assert_allclose(np.asarray(y_fused, np.float32), np.asarray(y_plain, np.float32), atol=2e-3)
-    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-3)
-
-
-def test_fused_batch_norm_round_trips_through_keras_saving(tmp_path, rng):
-    image = keras.Input((4, 4, 3))
-    model = keras.Model(image, FusedBatchNormalization(name="bn")(image))
-    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, size=3).astype(np.float32) for _ in range(4)])
-    path = str(tmp_path / "bn.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded.get_layer("bn")) is FusedBatchNormalization
-    x = rng.normal(size=(1, 4, 4, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
-
-
-def test_units_use_the_fused_batch_norm_only_under_keras3():
-    expected = keras.layers.BatchNormalization if USE_LEGACY_KERAS else FusedBatchNormalization
+def test_units_use_the_official_batch_norm_settings():
     layer = batch_norm("stage2_unit1_gconv1_bn")
-    assert type(layer) is expected
+    assert type(layer) is keras.layers.BatchNormalization
     assert (layer.momentum, layer.epsilon, layer.name) == (0.9, 1e-5, "stage2_unit1_gconv1_bn")
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import FusedBatchNormalization, PointwiseGroupConv2D
+from keras_shufflenet.layers import PointwiseGroupConv2D
 
 # Builtin operators that TFLite Micro implements, with the MicroMutableOpResolver
 # method that registers each one (tensorflow/lite/micro/micro_mutable_op_resolver.h).
@@ -285,8 +285,6 @@ def _export_layer(layer: Any, dropped_relus: set[str] = frozenset(), relu_batch_
     if type(layer) is PointwiseGroupConv2D:
         # TFLite's grouped CONV_2D, not the training-time matmul lowering.
         return keras.layers.Conv2D.from_config(config)
-    if type(layer) is FusedBatchNormalization:
-        return keras.layers.BatchNormalization.from_config(config)  # The same inference math.
     inputs = layer.input
     on_features = not isinstance(inputs, (list, tuple)) and len(inputs.shape) == 2
     if type(layer) is keras.layers.Dense and on_features:
@@ -303,12 +301,10 @@ def static_batch_model(model: Any) -> Any:
     """Re-instantiates ``model`` on a ``(1, H, W, C)`` input and copies its weights layer by layer.
 
     The layers TFLite should see replace those that are faster in Keras, with
-    identical math: Dense classifiers become :class:`DenseAsPointwiseConv`,
-    :class:`~keras_shufflenet.layers.PointwiseGroupConv2D` becomes a
-    grouped ``Conv2D`` (TFLite's grouped CONV_2D), and
-    :class:`~keras_shufflenet.layers.FusedBatchNormalization` the plain
-    ``BatchNormalization``. A ReLU after a concatenation moves onto its
-    inputs (:func:`relus_through_concats`).
+    identical math: Dense classifiers become :class:`DenseAsPointwiseConv`
+    and :class:`~keras_shufflenet.layers.PointwiseGroupConv2D` becomes a
+    grouped ``Conv2D`` (TFLite's grouped CONV_2D). A ReLU after a
+    concatenation moves onto its inputs (:func:`relus_through_concats`).
 
     Args:
       model: A functional Keras model (Keras 3 or tf_keras) with one image input.
