@@ -236,6 +236,12 @@ def interleaved_medians(
 # --- Reporting -----------------------------------------------------------------
 
 
+def with_change(value: float, reference: float | None, digits: int) -> str:
+    """``value`` and its change against ``reference`` in percent, e.g. ``"12.3 (+5 %)"``; bare if no reference."""
+    text = f"{value:.{digits}f}"
+    return text if reference is None else f"{text} ({100 * (value / reference - 1):+.0f} %)"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """A GitHub markdown table; ``align`` has one ``l``/``r`` per column (default: first left, rest right)."""
     align = align or "l" + "r" * (len(header) - 1)

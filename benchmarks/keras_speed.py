@@ -26,6 +26,7 @@ from benchmarks.common import (
     remove_layers,
     swap_layers,
     variant,
+    with_change,
 )
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.keras_compat import keras
@@ -145,31 +146,23 @@ BREAKDOWN = {
 }
 
 
-def breakdown(
-    spec: ModelSpec = SHUFFLENET_1X_G3, variants: dict[str, Any] = BREAKDOWN, rounds: int = 3, min_seconds: float = 1.0
-) -> dict[str, Any]:
+def breakdown(spec: ModelSpec = SHUFFLENET_1X_G3, rounds: int = 3, min_seconds: float = 1.0) -> dict[str, Any]:
     """Seconds per batch of ``spec`` with one kind of layer removed or swapped at a time (Keras 3).
 
-    Args:
-      spec: The model.
-      variants: Label -> ``replace`` function for :func:`~benchmarks.common.variant`; the first is the reference.
-      rounds: Interleaved rounds.
-      min_seconds: Shortest timed inference stretch per variant, mode and round.
-
     Returns:
-      Per variant: seconds per call per mode.
+      Per variant of :data:`BREAKDOWN`: seconds per call per mode.
     """
     rng = np.random.default_rng(0)
     model = spec.build(INPUT_SHAPE, CLASSES)
     calls: dict[tuple[str, str], Any] = {}
-    for label, replace in variants.items():
+    for label, replace in BREAKDOWN.items():
         for mode, call in _callables(variant(model, replace), rng).items():
             calls[(label, mode)] = call
     inference = {key: call for key, call in calls.items() if not key[1].startswith("training")}
     training = {key: call for key, call in calls.items() if key[1].startswith("training")}
     seconds = interleaved_medians(inference, rounds=rounds, min_seconds=min_seconds, warmup_calls=1)
     seconds.update(interleaved_medians(training, rounds=rounds, min_seconds=0.0))
-    results: dict[str, Any] = {label: {} for label in variants}
+    results: dict[str, Any] = {label: {} for label in BREAKDOWN}
     for (label, mode), value in seconds.items():
         results[label][mode] = value
     return results
@@ -237,20 +230,22 @@ def graph_stats_report(models: tuple[ModelSpec, ...] = (SHUFFLENET_1X_G3, SHUFFL
     )
 
 
-def breakdown_report(results: dict[str, Any], title: str, explanation: str) -> str:
-    """The markdown of :func:`breakdown`: milliseconds per batch and the change against the first variant."""
-    built = next(iter(results.values()))
-    rows = []
-    for label, seconds in results.items():
-        cells = []
-        for mode in MODES:
-            change = seconds[mode] / built[mode] - 1
-            cells.append(f"{1000 * seconds[mode]:.1f}" + ("" if seconds is built else f" ({100 * change:+.0f} %)"))
-        rows.append([label, *cells])
+def breakdown_report(results: dict[str, Any], spec: ModelSpec = SHUFFLENET_1X_G3) -> str:
+    """The markdown of :func:`breakdown`: milliseconds per call and the change against the model as built."""
+    built = results[next(iter(BREAKDOWN))]
+    rows = [
+        [
+            label,
+            *(with_change(1000 * seconds[mode], None if seconds is built else 1000 * built[mode], 1) for mode in MODES),
+        ]
+        for label, seconds in results.items()
+    ]
     return "\n\n".join(
         [
-            f"**{title}** Milliseconds per call (batch 1 and 32 inference, one training step at batch 32), "
-            f"median of interleaved rounds, and the change against the first row. {explanation}",
+            f"**Where {spec.label}'s Keras time goes.** Milliseconds per call (batch 1 and 32 inference, one "
+            "training step at batch 32), median of interleaved rounds, and the change against the first row. One "
+            "kind of layer is swapped or removed at a time (a removed layer passes its input through: those rows "
+            "are costs, not working models). Rows 2 and 3 are the lowerings this package replaced.",
             markdown_table(["variant", *(f"{mode} (ms)" for mode in MODES)], rows),
         ]
     )
@@ -262,12 +257,7 @@ def run(
     results = measure(inference_rounds=inference_rounds, training_rounds=training_rounds, min_seconds=min_seconds)
     sections = [
         report(results, inference_rounds, training_rounds, min_seconds),
-        breakdown_report(
-            breakdown(SHUFFLENET_1X_G3, BREAKDOWN, min_seconds=min_seconds),
-            f"Where {SHUFFLENET_1X_G3.label}'s Keras time goes.",
-            "One kind of layer is swapped or removed at a time (a removed layer passes its input through: those "
-            "rows are costs, not working models). Rows 2 and 3 are the lowerings this package replaced.",
-        ),
+        breakdown_report(breakdown(min_seconds=min_seconds)),
         graph_stats_report(),
     ]
     return "\n\n".join(sections), results

@@ -27,6 +27,7 @@ from benchmarks.common import (
     remove_layers,
     set_batch_norm_statistics,
     variant,
+    with_change,
 )
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.micro import convert as micro_convert
@@ -133,15 +134,13 @@ def breakdown(
     """
     model = spec.build(INPUT_SHAPE, CLASSES, batch_size=1)
     set_batch_norm_statistics(model)
+    unshuffled = variant(model, remove_layers(ChannelShuffle))
     peer = MOBILENET_050.build(INPUT_SHAPE, CLASSES, batch_size=1)
     set_batch_norm_statistics(peer)
     converted = {
         "as exported": (convert_float(model), convert_int8(model)),
         "ReLU after each concatenation (before)": _converted_without_moving_relus(model),
-        "without the channel shuffles": (
-            convert_float(variant(model, remove_layers(ChannelShuffle))),
-            convert_int8(variant(model, remove_layers(ChannelShuffle))),
-        ),
+        "without the channel shuffles": (convert_float(unshuffled), convert_int8(unshuffled)),
         f"{MOBILENET_050.label} (for reference)": (convert_float(peer), convert_int8(peer)),
     }
     invokers = {
@@ -162,11 +161,7 @@ def breakdown_report(results: dict[str, dict[str, float]], spec: ModelSpec = SHU
     rows = [
         [
             label,
-            *(
-                f"{r[f'{precision} ms']:.2f}"
-                + ("" if r is built else f" ({100 * (r[f'{precision} ms'] / built[f'{precision} ms'] - 1):+.0f} %)")
-                for precision in PRECISIONS
-            ),
+            *(with_change(r[f"{p} ms"], None if r is built else built[f"{p} ms"], 2) for p in PRECISIONS),
         ]
         for label, r in results.items()
     ]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.common import remove_layers, swap_layers, variant
+from benchmarks.common import remove_layers, swap_layers, variant, with_change
 from benchmarks.keras_speed import graph_stats
 from benchmarks.tflm_cost import macs_by_op
 from keras_shufflenet import ChannelShuffle, ShuffleNet
@@ -56,3 +56,9 @@ def test_graph_stats_counts_the_ops_and_bytes_of_one_inference():
     # float32 outputs: 8x8x4 (conv), 8x8x8 (concat), 8x8x8 (relu); the concat's axis is a const.
     assert stats["activation_mb"] * 1e6 == pytest.approx(4 * 64 * (4 + 8 + 8))
     assert stats["macs"] == 8 * 8 * 3 * 4
+
+
+def test_with_change_gives_the_percent_change_against_the_reference():
+    assert with_change(12.0, None, 1) == "12.0"
+    assert with_change(13.2, 12.0, 1) == "13.2 (+10 %)"
+    assert with_change(7.5, 10.0, 2) == "7.50 (-25 %)"
