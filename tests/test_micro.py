@@ -18,11 +18,21 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
-from keras_shufflenet.micro import UnsupportedOpError, compact, convert, export, firmware, verify
+from keras_shufflenet.micro import UnsupportedOpError, c_sources, compact, convert, export, verify
 
 INPUT_SHAPE = (32, 32, 1)
 CLASSES = 4
 LABELS = ["north", "east", "south", "west"]
+
+
+def parse_c_array(source: str, symbol: str) -> bytes:
+    """Reads the bytes of ``symbol``'s initializer back from C source (for tests and checks)."""
+    match = re.search(re.escape(symbol) + r"\s*\[\s*\]\s*=\s*\{(.*?)\};", source, re.S)
+    if not match:
+        raise ValueError(f"No array initializer for {symbol!r} in the source.")
+    items = [item.strip() for item in match.group(1).split(",") if item.strip()]
+    return bytes(int(item, 0) & 0xFF for item in items)
+
 
 
 def _images(count, seed):
@@ -125,7 +135,7 @@ def test_model_data_cc_holds_exactly_the_tflite_bytes(exported):
     tflm = exported["dir"] / "tflm"
     source = (tflm / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_tiny_model_data[]" in source
-    assert firmware.parse_c_array(source, "g_tiny_model_data") == _read(exported["dir"] / "tiny_int8_tflm.tflite")
+    assert parse_c_array(source, "g_tiny_model_data") == _read(exported["dir"] / "tiny_int8_tflm.tflite")
     header = (tflm / "model_data.h").read_text()
     assert f"g_tiny_model_data_size = {exported['report']['flash_bytes']};" in header
 
@@ -237,7 +247,7 @@ def test_per_tensor_weights_have_one_scale_and_run_bit_exact_in_tflm(tiny_model,
 
 
 def test_c_strings_escape_labels():
-    sources = firmware.model_settings_sources(
+    sources = c_sources.model_settings_sources(
         {
             "input": {"shape": [1, 2, 2, 1], "scale": 0.5, "zero_point": 0},
             "output": {"shape": [1, 2], "scale": 1.0, "zero_point": 0},

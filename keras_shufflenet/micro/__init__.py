@@ -7,8 +7,8 @@ in the TFLite Micro interpreter and writes the C++ sources of ``tflm/``.
 Modules, one concept each: :mod:`~keras_shufflenet.micro.compression`
 (tfmot pruning and QAT), :mod:`~keras_shufflenet.micro.convert` (conversion
 and the TFLM operator check), :mod:`~keras_shufflenet.micro.verify` (TFLM
-runs, bit-exactness, arena search), :mod:`~keras_shufflenet.micro.firmware`
-(C sources) and :mod:`~keras_shufflenet.micro.report`.
+runs, bit-exactness, arena search), :mod:`~keras_shufflenet.micro.c_sources`
+(the C sources of ``tflm/``) and :mod:`~keras_shufflenet.micro.report`.
 """
 
 from keras_shufflenet.micro.convert import UnsupportedOpError

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
-from keras_shufflenet.micro import compact, compression, convert, firmware, report, verify
+from keras_shufflenet.micro import c_sources, compact, compression, convert, report, verify
 from keras_shufflenet.profiling import profile
 
 QUANTIZE_MODES = ("ptq", "qat")
@@ -219,7 +219,7 @@ def export(
         started = now
 
     # Validate everything cheap before any slow step.
-    firmware.check_c_identifier(name)
+    c_sources.check_c_identifier(name)
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"`quantize` must be one of {QUANTIZE_MODES}. Received: quantize={quantize!r}")
     if isinstance(prune_sparsity, bool) or not isinstance(prune_sparsity, (int, float)) or not 0 <= prune_sparsity < 1:
@@ -348,7 +348,7 @@ def export(
 
         tflm_dir = os.path.join(staging, "tflm")
         os.mkdir(tflm_dir)
-        firmware_files = firmware.write_firmware(
+        firmware_files = c_sources.write_firmware(
             tflm_dir,
             tflm_tflite,
             name,

@@ -49,15 +49,6 @@ def c_array_body(data: bytes | np.ndarray, formatter: str = "0x{:02x}") -> str:
     return "\n".join(lines)
 
 
-def parse_c_array(source: str, symbol: str) -> bytes:
-    """Reads the bytes of ``symbol``'s initializer back from C source (for tests and checks)."""
-    match = re.search(re.escape(symbol) + r"\s*\[\s*\]\s*=\s*\{(.*?)\};", source, re.S)
-    if not match:
-        raise ValueError(f"No array initializer for {symbol!r} in the source.")
-    items = [item.strip() for item in match.group(1).split(",") if item.strip()]
-    return bytes(int(item, 0) & 0xFF for item in items)
-
-
 def _c_string(text: str) -> str:
     """A C string literal of ``text`` in UTF-8; octal escapes, as hex escapes would swallow following digits."""
     out = []
