@@ -81,10 +81,19 @@ class ChannelShuffle(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         channels = inputs.shape[-1]
-        rank = len(inputs.shape)
-        perm = [*range(rank - 1), rank, rank - 1]
-        x = tf.reshape(inputs, _shape_ending_with(inputs, [self.groups, channels // self.groups]))
-        x = tf.transpose(x, perm)
+        split = [self.groups, channels // self.groups]
+        inner = inputs.shape[1:-1]
+        if all(d is not None for d in inner):
+            # The pixels as one axis: a 4-D transpose (batch, pixels, g, n),
+            # the most that TFLM's CMSIS-NN TRANSPOSE kernel handles; with 5
+            # dimensions it silently computes garbage.
+            pixels = 1
+            for d in inner:
+                pixels *= d
+            x = tf.transpose(tf.reshape(inputs, [-1, pixels, *split]), [0, 1, 3, 2])
+        else:
+            rank = len(inputs.shape)
+            x = tf.transpose(tf.reshape(inputs, _shape_ending_with(inputs, split)), [*range(rank - 1), rank, rank - 1])
         return tf.reshape(x, _shape_ending_with(inputs, [channels]))
 
     def compute_output_shape(self, input_shape: Any) -> Any:

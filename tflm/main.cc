@@ -1,16 +1,29 @@
 /* Host/board entry point; boards with their own startup code call setup() and
    loop() from there instead of compiling this file. */
 
-#include "main_functions.h"
+#include <cstdlib>
 
-// Three inferences are enough to show the result on a host; on a board, loop()
-// would run forever.
-constexpr int kHostIterations = 3;
+#include "main_functions.h"
+#include "sample_input_data.h"
+
+#ifdef KS_MARKERS
+#include "markers.h"
+#include "tensorflow/lite/micro/micro_log.h"
+#endif
 
 int main(int argc, char* argv[]) {
+#ifdef KS_MARKERS
+  StackPaint();
+#endif
   setup();
-  for (int i = 0; i < kHostIterations; ++i) {
+  // One inference per sample is enough on a host or an emulator (`shufflenet N`
+  // runs N); on a board, loop() would run forever on camera frames.
+  const int inferences = argc > 1 ? std::atoi(argv[1]) : kNumSamples;
+  for (int i = 0; i < inferences; ++i) {
     loop();
   }
+#ifdef KS_MARKERS
+  MicroPrintf("Stack: %d bytes used.", static_cast<int>(StackUsedBytes()));
+#endif
   return 0;
 }

@@ -1,9 +1,9 @@
 /* ShuffleNet image classification with TensorFlow Lite for Microcontrollers.
 
-   The model, its settings, its operator list and a sample input are generated
+   The model, its settings, its operator list and sample inputs are generated
    by keras_shufflenet.micro.export into <output_dir>/tflm/ (model_data.*,
    model_settings.*, op_resolver.h, sample_input_data.*). A real application
-   replaces the sample with camera frames quantized the same way. */
+   replaces the samples with camera frames quantized the same way. */
 
 #include "main_functions.h"
 
@@ -18,6 +18,10 @@
 #include "tensorflow/lite/micro/system_setup.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
+#ifdef KS_MARKERS
+#include "markers.h"
+#endif
+
 namespace {
 const tflite::Model* model = nullptr;
 tflite::MicroInterpreter* interpreter = nullptr;
@@ -26,7 +30,24 @@ TfLiteTensor* input = nullptr;
 // Activations and TFLM's bookkeeping live here. kTensorArenaSize is the
 // smallest arena the export measured plus a margin; 16-byte alignment is what
 // TFLM's allocator expects.
-alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
+// KS_TENSOR_ARENA_SIZE overrides it at build time (tflm/Makefile's
+// ARENA_SIZE), to measure the smallest arena on a target without re-exporting.
+#ifdef KS_TENSOR_ARENA_SIZE
+constexpr int kArenaSize = KS_TENSOR_ARENA_SIZE;
+#else
+constexpr int kArenaSize = kTensorArenaSize;
+#endif
+alignas(16) static uint8_t tensor_arena[kArenaSize];
+
+// The next sample loop() runs.
+int sample_index = 0;
+
+#ifdef KS_MARKERS
+OpMarkerProfiler profiler;
+tflite::MicroProfilerInterface* const kProfiler = &profiler;
+#else
+tflite::MicroProfilerInterface* const kProfiler = nullptr;
+#endif
 }  // namespace
 
 void setup() {
@@ -47,14 +68,15 @@ void setup() {
     return;
   }
 
-  static tflite::MicroInterpreter static_interpreter(model, resolver, tensor_arena, kTensorArenaSize);
+  static tflite::MicroInterpreter static_interpreter(model, resolver, tensor_arena, kArenaSize,
+                                                     /*resource_variables=*/nullptr, kProfiler);
   interpreter = &static_interpreter;
   if (interpreter->AllocateTensors() != kTfLiteOk) {
-    MicroPrintf("AllocateTensors() failed: kTensorArenaSize (%d bytes) is too small.", kTensorArenaSize);
+    MicroPrintf("AllocateTensors() failed: the tensor arena (%d bytes) is too small.", kArenaSize);
     interpreter = nullptr;
     return;
   }
-  MicroPrintf("Arena: %d of %d bytes used.", static_cast<int>(interpreter->arena_used_bytes()), kTensorArenaSize);
+  MicroPrintf("Arena: %d of %d bytes used.", static_cast<int>(interpreter->arena_used_bytes()), kArenaSize);
 
   input = interpreter->input(0);
   if (input->type != kTfLiteInt8 || input->dims->size != 4 || input->dims->data[1] != kNumRows ||
@@ -67,27 +89,53 @@ void setup() {
 
 void loop() {
   if (interpreter == nullptr) return;
+  const int sample = sample_index;
+  sample_index = (sample_index + 1) % kNumSamples;
 
-  // The sample is already int8: float pixels preprocessed to [-1, 1] as in
+  // The samples are already int8: float pixels preprocessed to [-1, 1] as in
   // training, divided by kInputScale, plus kInputZeroPoint.
   for (int i = 0; i < kMaxImageSize; ++i) {
-    input->data.int8[i] = g_sample_input_data[i];
+    input->data.int8[i] = g_sample_input_data[sample][i];
   }
-  if (interpreter->Invoke() != kTfLiteOk) {
+#ifdef KS_MARKERS
+  ks_marker_invoke_begin();
+#endif
+  const TfLiteStatus status = interpreter->Invoke();
+#ifdef KS_MARKERS
+  ks_marker_invoke_end();
+  if (sample == 0) profiler.PrintOps();
+#endif
+  if (status != kTfLiteOk) {
     MicroPrintf("Invoke failed.");
     return;
   }
 
   const TfLiteTensor* output = interpreter->output(0);
+  const int8_t* expected = g_sample_expected_output[sample];
   int top = 0;
-  bool matches_host = true;
+  int host_top = 0;
+  int max_diff = 0;
   for (int i = 0; i < kOutputSize; ++i) {
     if (output->data.int8[i] > output->data.int8[top]) top = i;
-    if (output->data.int8[i] != g_sample_expected_output[i]) matches_host = false;
+    if (expected[i] > expected[host_top]) host_top = i;
+    const int diff = output->data.int8[i] - expected[i];
+    if (diff > max_diff || -diff > max_diff) max_diff = diff > 0 ? diff : -diff;
   }
   // Dequantized score: (q - zero_point) * scale; for a softmax output, a probability.
   const float score = (output->data.int8[top] - kOutputZeroPoint) * kOutputScale;
   const char* label = top < kCategoryCount ? kCategoryLabels[top] : "?";
-  MicroPrintf("Top class %d (%s), score %d/1000; true class %d; output %s the host's TFLM output.", top, label,
-              static_cast<int>(score * 1000), kSampleLabel, matches_host ? "matches" : "DIFFERS FROM");
+  MicroPrintf("Sample %d: top class %d (%s), score %d/1000; true class %d; host top class %d; output %s the host's "
+              "TFLM output (largest difference %d).",
+              sample, top, label, static_cast<int>(score * 1000), g_sample_labels[sample], host_top,
+              max_diff == 0 ? "matches" : "DIFFERS FROM", max_diff);
+  // The raw int8 output, 16 values a line, for a host that compares it value by value.
+  constexpr int kValuesPerLine = 16;
+  for (int start = 0; start < kOutputSize; start += kValuesPerLine) {
+    char line[kValuesPerLine * 5 + 1];
+    int used = 0;
+    for (int i = start; i < kOutputSize && i < start + kValuesPerLine; ++i) {
+      used += MicroSnprintf(line + used, sizeof(line) - used, " %d", output->data.int8[i]);
+    }
+    MicroPrintf("Sample %d output %d:%s", sample, start, line);
+  }
 }

@@ -7,7 +7,8 @@
 // Loads the model, registers its operators and allocates the tensor arena.
 void setup();
 
-// Runs one inference on the sample image and prints the top class.
+// Runs one inference on the next sample image and prints the top class and
+// whether the output equals the host TFLM output written at export.
 void loop();
 
 #endif  // KERAS_SHUFFLENET_TFLM_MAIN_FUNCTIONS_H_

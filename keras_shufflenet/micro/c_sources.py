@@ -9,8 +9,8 @@ Written into ``<output_dir>/tflm/``:
   zero point of input and output, class labels, tensor arena size.
 * ``op_resolver.h``: a ``MicroMutableOpResolver<N>`` listing exactly the
   model's operators (each registered kernel costs flash).
-* ``sample_input_data.h`` / ``.cc``: one quantized evaluation image with
-  the output TFLM produced for it on the host, so a board can check itself.
+* ``sample_input_data.h`` / ``.cc``: quantized evaluation images with the
+  output TFLM produced for each on the host, so a board can check itself.
 """
 
 from __future__ import annotations
@@ -161,24 +161,47 @@ def op_resolver_source(ops: Sequence[str]) -> dict[str, str]:
     return {"op_resolver.h": header}
 
 
-def sample_input_sources(sample: np.ndarray, expected_output: np.ndarray, label: int | None) -> dict[str, str]:
-    """One int8 input image with the output TFLM gave for it on the host."""
+def sample_input_sources(
+    samples: np.ndarray, expected_outputs: np.ndarray, labels: Sequence[int | None]
+) -> dict[str, str]:
+    """Int8 input images with the output TFLM gave for each on the host.
+
+    Args:
+      samples: ``[N, rows, cols, channels]`` int8 inputs, N >= 1.
+      expected_outputs: ``[N, ...]`` int8 outputs of the host TFLM interpreter.
+      labels: The true class of each sample, or None where unknown.
+    """
+    samples = np.asarray(samples)
+    expected_outputs = np.asarray(expected_outputs).reshape(len(expected_outputs), -1)
+    if len(samples) < 1 or len(samples) != len(expected_outputs) or len(samples) != len(labels):
+        raise ValueError(
+            "`samples`, `expected_outputs` and `labels` must hold the same number (>= 1) of entries. Received: "
+            f"{len(samples)}, {len(expected_outputs)} and {len(labels)}."
+        )
     guard = _guard("sample_input_data.h")
     header = (
         f"{_HEADER_NOTE}#ifndef {guard}\n#define {guard}\n\n"
         '#include "model_settings.h"\n\n'
-        "// An evaluation image, already quantized to the model's int8 input.\n"
-        "extern const signed char g_sample_input_data[kMaxImageSize];\n"
-        "// TFLM's output for it on the host; a correct port reproduces it exactly.\n"
-        "extern const signed char g_sample_expected_output[kOutputSize];\n"
-        "// The image's true class (-1 if unknown).\n"
-        f"constexpr int kSampleLabel = {-1 if label is None else int(label)};\n\n"
+        f"constexpr int kNumSamples = {len(samples)};\n"
+        "// Evaluation images, already quantized to the model's int8 input.\n"
+        "extern const signed char g_sample_input_data[kNumSamples][kMaxImageSize];\n"
+        "// TFLM's output for each on the host; a correct port reproduces it exactly.\n"
+        "extern const signed char g_sample_expected_output[kNumSamples][kOutputSize];\n"
+        "// The true class of each (-1 if unknown).\n"
+        "extern const int g_sample_labels[kNumSamples];\n\n"
         f"#endif  // {guard}\n"
     )
+
+    def rows(arrays: np.ndarray) -> str:
+        return "\n".join("  {\n" + c_array_body(row, "{:d}") + "\n  }," for row in arrays)
+
+    label_values = ", ".join(str(-1 if label is None else int(label)) for label in labels)
     source = (
         f'{_HEADER_NOTE}#include "sample_input_data.h"\n\n'
-        f"const signed char g_sample_input_data[kMaxImageSize] = {{\n{c_array_body(sample, '{:d}')}\n}};\n\n"
-        f"const signed char g_sample_expected_output[kOutputSize] = {{\n{c_array_body(expected_output, '{:d}')}\n}};\n"
+        f"const signed char g_sample_input_data[kNumSamples][kMaxImageSize] = {{\n{rows(samples)}\n}};\n\n"
+        "const signed char g_sample_expected_output[kNumSamples][kOutputSize] = "
+        f"{{\n{rows(expected_outputs)}\n}};\n\n"
+        f"const int g_sample_labels[kNumSamples] = {{{label_values}}};\n"
     )
     return {"sample_input_data.h": header, "sample_input_data.cc": source}
 
@@ -192,16 +215,16 @@ def write_firmware(
     labels: Sequence[str] | None,
     arena_bytes: int,
     min_arena_bytes: int,
-    sample: np.ndarray,
-    expected_output: np.ndarray,
-    sample_label: int | None,
+    samples: np.ndarray,
+    expected_outputs: np.ndarray,
+    sample_labels: Sequence[int | None],
 ) -> list[str]:
     """Writes every firmware source into ``directory`` (which must exist); returns the file names."""
     files = {
         **model_data_sources(tflite_model, name),
         **model_settings_sources(io, labels, arena_bytes, min_arena_bytes),
         **op_resolver_source(ops),
-        **sample_input_sources(sample, expected_output, sample_label),
+        **sample_input_sources(samples, expected_outputs, sample_labels),
     }
     for filename, text in files.items():
         with open(os.path.join(directory, filename), "w", encoding="utf-8") as handle:

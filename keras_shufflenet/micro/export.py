@@ -108,6 +108,43 @@ def _top1(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(outputs.reshape(len(outputs), -1).argmax(axis=1) == labels))
 
 
+# The samples written into the firmware: enough to check a port on several
+# images without crowding a small board's flash.
+_FIRMWARE_SAMPLE_BYTES = 96 * 1024
+_FIRMWARE_SAMPLES_MAX = 10
+
+
+def firmware_samples(
+    int8_inputs: np.ndarray, tflm_outputs: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Chooses the evaluation samples written into ``sample_input_data.cc``.
+
+    With labels: one image per class, in class order, each one the int8 model
+    classifies correctly (so the first answer a user sees on a board is a right
+    one); then, if classes are fewer than the budget, further images in order.
+    Without labels: the first images. The budget is at most 10 images and
+    96 KiB, and never fewer than 2 images where there are 2.
+    """
+    image_bytes = int(np.prod(int8_inputs.shape[1:]))
+    budget = max(2, min(_FIRMWARE_SAMPLES_MAX, _FIRMWARE_SAMPLE_BYTES // image_bytes))
+    budget = min(budget, len(int8_inputs))
+    if labels is None:
+        chosen = list(range(budget))
+    else:
+        predicted = tflm_outputs.reshape(len(tflm_outputs), -1).argmax(axis=1)
+        chosen = []
+        for cls in sorted(set(int(label) for label in labels)):
+            right = np.flatnonzero((labels == cls) & (predicted == cls))
+            if len(right) and len(chosen) < budget:
+                chosen.append(int(right[0]))
+        chosen += [i for i in range(len(labels)) if i not in chosen][: budget - len(chosen)]
+    return {
+        "samples": int8_inputs[chosen],
+        "expected_outputs": tflm_outputs[chosen],
+        "sample_labels": [None if labels is None else int(labels[i]) for i in chosen],
+    }
+
+
 def export(
     model: Any,
     representative_data: Iterable[Any],
@@ -357,9 +394,7 @@ def export(
             labels,
             final_arena,
             search.min_bytes,
-            sample=int8_inputs[0],
-            expected_output=tflm_outputs[0],
-            sample_label=None if eval_labels is None else int(eval_labels[0]),
+            **firmware_samples(int8_inputs, tflm_outputs, eval_labels),
         )
         int8_weights = convert.int8_weight_zero_fraction(int8_tflite)
         sparsity["int8_zero_fraction"] = int8_weights
