@@ -34,7 +34,6 @@ def parse_c_array(source: str, symbol: str) -> bytes:
     return bytes(int(item, 0) & 0xFF for item in items)
 
 
-
 def _images(count, seed):
     """Images whose class is the quadrant holding a bright square, preprocessed to [-1, 1]."""
     rng = np.random.default_rng(seed)

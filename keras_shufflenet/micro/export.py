@@ -114,9 +114,7 @@ _FIRMWARE_SAMPLE_BYTES = 96 * 1024
 _FIRMWARE_SAMPLES_MAX = 10
 
 
-def firmware_samples(
-    int8_inputs: np.ndarray, tflm_outputs: np.ndarray, labels: np.ndarray | None
-) -> dict[str, Any]:
+def firmware_samples(int8_inputs: np.ndarray, tflm_outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """Chooses the evaluation samples written into ``sample_input_data.cc``.
 
     With labels: one image per class, in class order, each one the int8 model
