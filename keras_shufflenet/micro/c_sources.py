@@ -122,9 +122,12 @@ def model_settings_sources(
         f"constexpr int kOutputZeroPoint = {io['output']['zero_point']};\n\n"
         f"constexpr int kCategoryCount = {label_count};\n"
         f"extern const char* const kCategoryLabels[{max(label_count, 1)}];\n\n"
-        f"// Smallest arena measured on the host: {min_arena_bytes} bytes; this adds a margin\n"
-        "// for the target's own bookkeeping (pointer size, alignment).\n"
-        f"constexpr int kTensorArenaSize = {arena_bytes};\n\n"
+        "// Tensor arena. 64-bit hosts: the smallest arena measured in the host TFLM\n"
+        f"// interpreter was {min_arena_bytes} bytes; this adds a margin.\n"
+        f"constexpr int kTensorArenaSize64 = {arena_bytes};\n"
+        f"{_ARENA_32_COMMENT_NOT_MEASURED}\n"
+        f"constexpr int kTensorArenaSize32 = {arena_bytes};\n"
+        "constexpr int kTensorArenaSize = sizeof(void*) == 4 ? kTensorArenaSize32 : kTensorArenaSize64;\n\n"
         f"#endif  // {guard}\n"
     )
     names = ", ".join(_c_string(label) for label in labels) if labels else '""'
@@ -133,6 +136,39 @@ def model_settings_sources(
         f"const char* const kCategoryLabels[{max(label_count, 1)}] = {{{names}}};\n"
     )
     return {"model_settings.h": header, "model_settings.cc": source}
+
+
+_ARENA_32_COMMENT_NOT_MEASURED = (
+    "// 32-bit cores keep smaller bookkeeping; not measured on one yet, so the\n"
+    "// 64-bit size (keras_shufflenet.micro.firmware measures it and rewrites this)."
+)
+# The margin over the arena a 32-bit build really used: that use is exact for
+# one TFLM version and compiler (the firmware check rebuilds with exactly it);
+# the margin absorbs another version's bookkeeping.
+ARENA_32_MARGIN = 0.02
+
+
+def set_32bit_arena(settings_header: str, used_bytes: int, measured_on: Sequence[str]) -> tuple[str, int]:
+    """Rewrites ``kTensorArenaSize32`` of a ``model_settings.h`` from a measurement on 32-bit cores.
+
+    Args:
+      settings_header: The text of ``model_settings.h``.
+      used_bytes: The largest ``arena_used_bytes()`` measured on the 32-bit builds.
+      measured_on: Where it was measured, e.g. ``["cortex-m4_cmsis_nn"]``, for the comment.
+
+    Returns:
+      The new text and the new ``kTensorArenaSize32``: ``used_bytes`` plus
+      ``ARENA_32_MARGIN``, rounded up to 16 bytes.
+    """
+    size = -(-int(used_bytes * (1 + ARENA_32_MARGIN)) // 16) * 16
+    comment = (
+        f"// 32-bit cores: {used_bytes} bytes used, the largest on {', '.join(measured_on)}; this adds\n"
+        f"// {ARENA_32_MARGIN:.0%} for other TFLM versions and compilers."
+    )
+    pattern = re.compile(r"(// 32-bit cores[^\n]*\n//[^\n]*\n)?constexpr int kTensorArenaSize32 = \d+;")
+    if not pattern.search(settings_header):
+        raise ValueError("`settings_header` has no kTensorArenaSize32: re-export with this version of the package.")
+    return pattern.sub(lambda _: f"{comment}\nconstexpr int kTensorArenaSize32 = {size};", settings_header), size
 
 
 def op_resolver_source(ops: Sequence[str]) -> dict[str, str]:

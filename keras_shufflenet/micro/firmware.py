@@ -16,7 +16,8 @@ What a run measures, written to ``<run>/firmware/<target>_<kernels>/result.json`
 * flash (the ELF's loadable contents: code, constants, initialized data) split
   into the model array and the rest, and RAM (data + bss + measured stack);
 * the arena the target really uses (``arena_used_bytes()``), checked to be
-  the smallest that works by rebuilding with exactly that size.
+  the smallest that works (rounded up to TFLM's 16-byte alignment) by
+  rebuilding with exactly that size.
 
 Command line (``make firmware`` calls it)::
 
@@ -38,6 +39,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from keras_shufflenet.micro import c_sources, report
 
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
 KERNELS = ("reference", "cmsis_nn")
@@ -155,7 +158,7 @@ def _explain_build_failure(log: str, model_dir: str) -> str:
     api = re.search(r"^(\S*(?:main_functions|markers|main)\.cc:\d+:\d+: error: .*)$", log, re.M)
     if api:
         return f"The application does not compile against this TFLM tree (an API that differs): {api.group(1)}"
-    errors = re.findall(r"^.*error.*$", log, re.M)
+    errors = re.findall(r"^.*(?:error:|Error \d|No rule to make).*$", log, re.M)
     return "The build failed: " + ("\n".join(errors[:5]) if errors else log[-2000:])
 
 
@@ -207,7 +210,9 @@ def build(
     if arena_size is not None:
         args.append(f"ARENA_SIZE={int(arena_size)}")
     start = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    # The C locale keeps the compiler's messages in ASCII quotes, which the
+    # explanation of a failure parses.
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
     if proc.returncode != 0:
         raise FirmwareError(_explain_build_failure(proc.stdout + proc.stderr, model_dir))
     elf = os.path.join(build_dir, "shufflenet")
@@ -425,8 +430,9 @@ def build_and_measure(
       tflm_tree: See :func:`build`.
       count: Count instructions per ``Invoke()`` (Cortex-M targets; slow with
         the reference kernels, about a minute per 100 M instructions).
-      check_arena: Rebuild with exactly the arena the target used and run
-        once, which shows that it is the smallest that works.
+      check_arena: Rebuild with the arena the target used, rounded up to 16
+        bytes, and run once: it is the smallest that works
+        (``arena_min_bytes``); an error if it does not run.
 
     Raises:
       FirmwareError: The build or run failed, or an output differs from the
@@ -434,7 +440,12 @@ def build_and_measure(
     """
     os.makedirs(output_dir, exist_ok=True)
     build_dir = os.path.join(output_dir, "build")
-    built = build(model_dir, target, kernels, build_dir, tflm_tree)
+    result_path = os.path.join(output_dir, "result.json")
+    try:
+        built = build(model_dir, target, kernels, build_dir, tflm_tree)
+    except FirmwareError as err:
+        _write_json_atomically(result_path, {"target": target, "kernels": kernels, "built": False, "error": str(err)})
+        raise
     start = time.monotonic()
     out = run(built["elf"], target)
     run_seconds = round(time.monotonic() - start, 1)
@@ -465,9 +476,13 @@ def build_and_measure(
         "ops": len(out.ops),
     }
     if check_arena and out.arena_used_bytes:
+        # TFLM aligns both ends of the arena to 16 bytes, so the smallest arena
+        # that works is the used bytes rounded up to 16.
+        smallest = -(-out.arena_used_bytes // 16) * 16
         exact = build(model_dir, target, kernels, os.path.join(output_dir, "arena_check"), tflm_tree,
-                      arena_size=out.arena_used_bytes)  # fmt: skip
-        result["arena_used_bytes_runs"] = bool(run(exact["elf"], target, inferences=1).samples)
+                      arena_size=smallest)  # fmt: skip
+        run(exact["elf"], target, inferences=1)
+        result["arena_min_bytes"] = smallest
     if count and target != "host":
         start = time.monotonic()
         counted = count_instructions(built["elf"], target)
@@ -478,7 +493,7 @@ def build_and_measure(
         shutil.copy(os.path.join(build_dir, name), os.path.join(output_dir, name))
     with open(os.path.join(output_dir, "output.txt"), "w", encoding="utf-8") as handle:
         handle.write(out.text)
-    _write_json_atomically(os.path.join(output_dir, "result.json"), result)
+    _write_json_atomically(result_path, result)
     if max(diffs) > 1 or not top_matches:
         raise FirmwareError(
             f"{target} with {kernels} kernels: the output differs from the host TFLM output by up to {max(diffs)} LSB"
@@ -501,12 +516,62 @@ def instructions_by_op_type(per_op: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
-def _write_json_atomically(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
+def _write_text_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
+        handle.write(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomically(path: str, data: Any) -> None:
+    _write_text_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+def record_in_run(run_dir: str) -> dict[str, Any]:
+    """Writes the firmware results of a run into its export: arena size for 32-bit cores, and the report.
+
+    Reads every ``<run_dir>/firmware/*/result.json``. ``kTensorArenaSize32``
+    in ``tflm/model_settings.h`` becomes the largest arena used on the
+    Cortex-M builds plus a small margin (see
+    :func:`keras_shufflenet.micro.c_sources.set_32bit_arena`); ``report.json``
+    and ``report.md`` get a firmware section with every result.
+
+    Returns:
+      The results by ``<target>_<kernels>``.
+    """
+    results = {}
+    base = os.path.join(run_dir, "firmware")
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        path = os.path.join(base, name, "result.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                results[name] = json.load(handle)
+    cortex_m = {name: r for name, r in results.items() if r["target"] != "host" and r.get("arena_used_bytes")}
+    results = {name: r for name, r in results.items() if r.get("built")}
+    settings_path = os.path.join(run_dir, "tflm", "model_settings.h")
+    if cortex_m and os.path.isfile(settings_path):
+        with open(settings_path, encoding="utf-8") as handle:
+            text = handle.read()
+        used = max(r["arena_used_bytes"] for r in cortex_m.values())
+        new_text, _ = c_sources.set_32bit_arena(text, used, sorted(cortex_m))
+        if new_text != text:
+            _write_text_atomically(settings_path, new_text)
+    report_path = os.path.join(run_dir, "report.json")
+    if results and os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as handle:
+            export_report = json.load(handle)
+        export_report["firmware"] = {name: _report_entry(r) for name, r in results.items()}
+        _write_text_atomically(report_path, json.dumps(export_report, indent=2) + "\n")
+        _write_text_atomically(os.path.join(run_dir, "report.md"), report.to_markdown(export_report))
+    return results
+
+
+def _report_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without its per-sample and per-operator rows, plus the instructions by operator type."""
+    entry = {k: v for k, v in result.items() if k not in ("per_op", "per_sample")}
+    if result.get("per_op"):
+        entry["instructions_by_op"] = instructions_by_op_type(result["per_op"])
+    return entry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -527,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FirmwareError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        record_in_run(args.run_dir)
     shown = ("built", "samples", "output_matches_host", "max_int8_diff", "instructions_per_invoke", "flash_bytes",
              "model_bytes", "ram_bytes", "arena_used_bytes", "stack_bytes")  # fmt: skip
     for key in shown:

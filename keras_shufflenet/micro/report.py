@@ -76,7 +76,37 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [f"- `{path}`" for path in report["files"]]
     lines += ["", "## Timings (wall clock, approximate)", ""]
     lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in report["timings_s"].items()]
+    lines += firmware_markdown(report.get("firmware", {}))
     return "\n".join(lines) + "\n"
+
+
+def firmware_markdown(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The firmware section: one row per target and kernel set that ``micro.firmware`` built and ran."""
+    if not results:
+        return []
+    lines = [
+        "",
+        "## Firmware (built and run by keras_shufflenet.micro.firmware)",
+        "",
+        "Instructions are counted in qemu for one `Invoke()` (emulated instructions, not cycles). Flash is the "
+        "ELF's code, constants and initialized data; RAM is data + bss (the arena included) + the measured stack.",
+        "",
+        "| target | kernels | output vs host TFLM | instructions / invoke | flash | of which model | RAM "
+        "| arena used | stack |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results.values():
+        match = (
+            f"bit-identical on {result['samples']} samples"
+            if result["output_matches_host"]
+            else f"up to {result['max_int8_diff']} LSB on {result['samples']} samples"
+        )
+        lines.append(
+            f"| {result['target']} | {result['kernels']} | {match} | {_num(result['instructions_per_invoke'])} "
+            f"| {_num(result['flash_bytes'])} | {_num(result['model_bytes'])} | {_num(result['ram_bytes'])} "
+            f"| {_num(result['arena_used_bytes'])} | {_num(result['stack_bytes'])} |"
+        )
+    return lines
 
 
 def write_report(directory: str, report: dict[str, Any]) -> list[str]:

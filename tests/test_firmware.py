@@ -1,0 +1,285 @@
+"""Tests of keras_shufflenet.micro.firmware: the TFLM application built for a host and for Cortex-M, run in qemu.
+
+The model is the demo's (the quickstart: ShuffleNet 0.5x g3 on 56x56 digits),
+trained briefly, so that its activations are those of a real model. The
+references are the host TFLM outputs the export wrote, the model's operator
+list read from the flatbuffer, and a hand-written qemu log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
+
+from keras_shufflenet import ShuffleNet, preprocess_input
+from keras_shufflenet.datasets import mnist5k
+from keras_shufflenet.micro import c_sources, export, firmware
+
+TREE = firmware.default_tflm_tree()
+needs_tree = pytest.mark.skipif(
+    TREE is None, reason=f"no TFLM tree: set TFLM_TREE (the default {firmware.DEFAULT_TREE} is absent)"
+)
+needs_arm = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-g++") is None or shutil.which("qemu-arm") is None,
+    reason="needs arm-none-eabi-g++ and qemu-arm (installed by .ci/run)",
+)
+
+INPUT_SIZE = 56
+
+
+def _digits(indices: np.ndarray, images: np.ndarray) -> np.ndarray:
+    resized = tf.image.resize(images[indices].astype("float32"), (INPUT_SIZE, INPUT_SIZE)).numpy()
+    return preprocess_input(resized)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The demo's model, trained for 2 epochs on the embedded digits, exported as `make demo` does."""
+    images, labels = mnist5k.read_csv()
+    split = mnist5k.split_indices(labels)
+    train_x, train_y = _digits(split["train"], images), labels[split["train"]]
+    # Every fifth test image: the splits are sorted by digit.
+    eval_x, eval_y = _digits(split["test"][::5], images), labels[split["test"][::5]]
+    calibration = train_x[np.random.default_rng(0).permutation(len(train_x))[:320]]
+    tf.keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=(INPUT_SIZE, INPUT_SIZE, 1), classes=10, groups=3, scale_factor=0.5)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(train_x, train_y, batch_size=32, epochs=2, verbose=0)
+    run_dir = tmp_path_factory.mktemp("quickstart")
+    report = export(
+        model,
+        [calibration[i : i + 32] for i in range(0, 320, 32)],
+        str(run_dir),
+        name="quickstart",
+        eval_data=tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(50),
+        labels=[str(i) for i in range(10)],
+    )
+    return {"dir": run_dir, "report": report}
+
+
+def _model_ops(tflite_path) -> list[str]:
+    """The operators of the model in execution order, read from the flatbuffer."""
+    with open(tflite_path, "rb") as handle:
+        model = schema_fb.Model.GetRootAs(handle.read(), 0)
+    names = {code: name for name, code in vars(schema_fb.BuiltinOperator).items() if not name.startswith("_")}
+    graph = model.Subgraphs(0)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        opcode = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        ops.append(names[max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())])
+    return ops
+
+
+def _measure(run, target, kernels, **kwargs):
+    output_dir = firmware.firmware_dir(str(run["dir"]), target, kernels)
+    return firmware.build_and_measure(str(run["dir"] / "tflm"), target, kernels, output_dir, TREE, **kwargs)
+
+
+@pytest.mark.slow
+@needs_tree
+def test_host_build_reproduces_the_export_on_every_sample(quickstart_run):
+    result = _measure(quickstart_run, "host", "reference", count=False)
+    assert result["built"] and result["output_matches_host"] and result["max_int8_diff"] == 0
+    assert result["samples"] == 10  # one image per digit, within the export's sample budget
+    assert sorted(s["label"] for s in result["per_sample"]) == list(range(10))
+    assert all(s["top_class"] == s["label"] for s in result["per_sample"])  # chosen as correctly classified
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_cortex_m4_reference_kernels_are_bit_identical_and_measured(quickstart_run):
+    result = _measure(quickstart_run, "cortex-m4", "reference", count=False)
+    assert result["built"] and result["output_matches_host"] and result["max_int8_diff"] == 0
+    assert result["top_class_matches_host"] and result["samples"] == 10
+    model_file = quickstart_run["dir"] / "quickstart_int8_tflm.tflite"
+    assert result["model_bytes"] == model_file.stat().st_size
+    assert result["flash_bytes"] == result["model_bytes"] + result["code_bytes"]
+    assert 50_000 < result["code_bytes"] < 400_000
+    # The 32-bit core keeps smaller bookkeeping than the 64-bit host, and the
+    # arena it reports, rounded to TFLM's 16-byte alignment, is the smallest
+    # that works: build_and_measure rebuilt and ran with exactly that.
+    assert result["arena_used_bytes"] < quickstart_run["report"]["arena"]["min_bytes"]
+    assert result["arena_min_bytes"] == -(-result["arena_used_bytes"] // 16) * 16
+    assert result["ram_bytes"] >= result["bss_bytes"] > result["arena_used_bytes"]
+    assert 0 < result["stack_bytes"] < 16_384
+    elf = quickstart_run["dir"] / "firmware" / "cortex-m4_reference" / "shufflenet"
+    assert (elf.parent / "shufflenet.map").stat().st_size > 0
+    attributes = subprocess.run(["arm-none-eabi-readelf", "-A", str(elf)], capture_output=True, text=True).stdout
+    assert 'Tag_CPU_name: "Cortex-M4"' in attributes or "Tag_CPU_arch: v7E-M" in attributes
+    assert "Tag_ABI_VFP_args: VFP registers" in attributes  # hard float, as boards with an FPU are built
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_cortex_m4_cmsis_nn_matches_the_host_and_counts_instructions_per_op(quickstart_run):
+    result = _measure(quickstart_run, "cortex-m4", "cmsis_nn", count=True, check_arena=False)
+    # The channel shuffle's 4-D transpose runs in CMSIS-NN (5-D silently failed).
+    assert result["output_matches_host"] and result["max_int8_diff"] == 0 and result["top_class_matches_host"]
+    ops = _model_ops(quickstart_run["dir"] / "quickstart_int8_tflm.tflite")
+    assert [row["op"] for row in result["per_op"]] == ops
+    per_op_total = sum(row["instructions"] for row in result["per_op"])
+    total = result["instructions_per_invoke"]
+    # Only the interpreter's own loop lies between the operators.
+    assert 0.97 * total < per_op_total <= total
+    by_type = firmware.instructions_by_op_type(result["per_op"])
+    assert next(iter(by_type)) == "CONV_2D"
+    # CMSIS-NN runs several times fewer instructions than the reference
+    # kernels would (about 200 M for this model); 1-20 per MAC is its range.
+    macs = quickstart_run["report"]["macs"]
+    assert macs < total < 20 * macs
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_record_in_run_sizes_the_32bit_arena_and_reports_every_result(quickstart_run):
+    run_dir = str(quickstart_run["dir"])
+    for target, kernels in (("host", "reference"), ("cortex-m4", "reference"), ("cortex-m4", "cmsis_nn")):
+        if not os.path.isfile(os.path.join(firmware.firmware_dir(run_dir, target, kernels), "result.json")):
+            _measure(quickstart_run, target, kernels, count=False, check_arena=False)
+    results = firmware.record_in_run(run_dir)
+    used = max(r["arena_used_bytes"] for r in results.values() if r["target"] != "host")
+    settings = (quickstart_run["dir"] / "tflm" / "model_settings.h").read_text()
+    size32 = int(re.search(r"kTensorArenaSize32 = (\d+);", settings).group(1))
+    assert used <= size32 <= 1.05 * used and size32 % 16 == 0
+    # The 64-bit size stays the host's, which a host build needs.
+    assert int(re.search(r"kTensorArenaSize64 = (\d+);", settings).group(1)) >= quickstart_run["report"]["arena_bytes"]
+    saved = json.loads((quickstart_run["dir"] / "report.json").read_text())
+    assert set(saved["firmware"]) >= {"host_reference", "cortex-m4_reference", "cortex-m4_cmsis_nn"}
+    assert "| cortex-m4 | cmsis_nn | bit-identical on 10 samples |" in (quickstart_run["dir"] / "report.md").read_text()
+    # A Cortex-M build with the rewritten size still runs.
+    rebuilt = _measure(quickstart_run, "cortex-m4", "reference", count=False, check_arena=False)
+    assert rebuilt["arena_bytes"] == size32 and rebuilt["output_matches_host"]
+
+
+# --- Bad input: each a clear error, never a silent pass ---------------------------------
+
+
+def test_no_tree_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TFLM_TREE", raising=False)
+    monkeypatch.setattr(firmware, "DEFAULT_TREE", "/nonexistent/tflm")
+    with pytest.raises(firmware.FirmwareError, match="No TFLM source tree: set TFLM_TREE"):
+        firmware.resolve_tree(None, "reference")
+
+
+def test_a_folder_that_is_not_a_tree_is_refused(tmp_path):
+    with pytest.raises(firmware.FirmwareError, match="is not a TFLM source tree"):
+        firmware.resolve_tree(str(tmp_path), "reference")
+
+
+@needs_tree
+def test_a_tree_without_the_requested_kernels_is_refused():
+    with pytest.raises(firmware.FirmwareError, match="no CMSIS-NN kernels"):
+        firmware.resolve_tree(os.path.join(firmware.resolve_tree(TREE, "reference")), "cmsis_nn")
+    with pytest.raises(ValueError, match="`kernels` must be one of reference, cmsis_nn. Received: kernels='fast'"):
+        firmware.resolve_tree(TREE, "fast")
+
+
+@pytest.mark.slow
+@needs_tree
+def test_an_operator_the_tree_lacks_is_named(quickstart_run, tmp_path):
+    model_dir = tmp_path / "tflm"
+    shutil.copytree(quickstart_run["dir"] / "tflm", model_dir)
+    resolver = model_dir / "op_resolver.h"
+    resolver.write_text(resolver.read_text().replace("AddSoftmax()", "AddShuffleNetFutureOp()"))
+    with pytest.raises(firmware.FirmwareError, match="no kernel registration `AddShuffleNetFutureOp\\(\\)`"):
+        firmware.build(str(model_dir), "host", "reference", str(tmp_path / "build"), TREE)
+
+
+@pytest.mark.slow
+@needs_tree
+def test_an_arena_too_small_for_the_target_is_an_error(quickstart_run, tmp_path):
+    built = firmware.build(str(quickstart_run["dir"] / "tflm"), "host", "reference", str(tmp_path), TREE, 4096)
+    with pytest.raises(firmware.FirmwareError, match="tensor arena is too small on this target"):
+        firmware.run(built["elf"], "host")
+
+
+@pytest.mark.slow
+@needs_tree
+def test_missing_qemu_or_compiler_names_the_tool_and_its_package(quickstart_run, monkeypatch, tmp_path):
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda tool: None if tool in ("qemu-arm", "arm-none-eabi-g++") else real_which(tool)
+    )
+    with pytest.raises(firmware.FirmwareError, match="`qemu-arm` is not installed.*bookworm-backports"):
+        firmware.run(str(tmp_path / "shufflenet"), "cortex-m4")
+    with pytest.raises(firmware.FirmwareError, match="`arm-none-eabi-g\\+\\+` is not installed.*gcc-arm-none-eabi"):
+        firmware.build(str(quickstart_run["dir"] / "tflm"), "cortex-m4", "reference", str(tmp_path), TREE)
+
+
+# --- The pieces, against hand-made inputs (fast) ---------------------------------------
+
+
+def test_trace_counter_counts_blocks_between_the_markers():
+    # Blocks: 0x100 (3 insns, before Invoke), 0x200 invoke_begin (1), 0x300 op_begin (1),
+    # 0x400 (4, inside the op; runs twice), 0x500 op_end (1), 0x600 (2, between ops),
+    # 0x210 invoke_end (1). Then 0x400 again after Invoke: not counted.
+    blocks = {0x100: 3, 0x200: 1, 0x300: 1, 0x400: 4, 0x500: 1, 0x600: 2, 0x210: 1}
+    log = []
+    for pc, n in blocks.items():
+        log += ["----------------", "IN: f"] + [f"0x{pc + 2 * i:08x}:  bf00  nop" for i in range(n)] + [""]
+    for pc in (0x100, 0x200, 0x300, 0x400, 0x400, 0x500, 0x600, 0x300, 0x400, 0x500, 0x210, 0x400):
+        log.append(f"Trace 0: 0x7f0000000000 [00800400/{pc:016x}/00000000/00000200] f")
+    counter = firmware._trace_counter()
+    out = subprocess.run(
+        [counter, "200", "210", "300", "500"], input="\n".join(log) + "\n", capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    # Counted from invoke_begin up to, not including, invoke_end; an operator from
+    # its op_begin up to, not including, its op_end:
+    # invoke_begin 1 + [op 0: 1 + 4 + 4] + op_end 1 + 2 + [op 1: 1 + 4] + op_end 1 = 19.
+    assert out[:3] == ["invoke 19", "op 0 9", "op 1 5"]
+
+
+def test_parse_output_reads_what_the_application_prints():
+    text = (
+        "Arena: 81924 of 83568 bytes used.\r\nOps (2):\r\n  op 0 CONV_2D\r\n  op 1 SOFTMAX\r\n"
+        "Sample 0: top class 7 (7), score 998/1000; true class 7; host top class 7; output matches the host's TFLM "
+        "output (largest difference 0).\r\nSample 0 output 0: -128 -128 127\r\nSample 0 output 16: -3\r\n"
+        "Stack: 1432 bytes used.\r\n"
+    )
+    out = firmware.parse_output(text)
+    assert (out.arena_used_bytes, out.arena_bytes, out.stack_bytes, out.ops) == (
+        81924,
+        83568,
+        1432,
+        ["CONV_2D", "SOFTMAX"],
+    )
+    assert out.samples == [
+        {
+            "index": 0,
+            "top_class": 7,
+            "label": 7,
+            "host_top_class": 7,
+            "max_int8_diff": 0,
+            "output": [-128, -128, 127, -3],
+        }
+    ]
+
+
+def test_set_32bit_arena_adds_two_percent_rounded_to_16_bytes():
+    header = c_sources.model_settings_sources(
+        {
+            "input": {"shape": [1, 8, 8, 1], "scale": 0.5, "zero_point": 0},
+            "output": {"shape": [1, 2], "scale": 1.0, "zero_point": 0},
+        },
+        None,
+        99_000,
+        90_000,
+    )["model_settings.h"]
+    assert "constexpr int kTensorArenaSize32 = 99000;" in header
+    text, size = c_sources.set_32bit_arena(header, 81_924, ["cortex-m4_cmsis_nn"])
+    assert size == 83_568 == -(-int(81_924 * 1.02) // 16) * 16
+    assert f"constexpr int kTensorArenaSize32 = {size};" in text and "81924 bytes used" in text
+    assert "constexpr int kTensorArenaSize64 = 99000;" in text
+    again, _ = c_sources.set_32bit_arena(text, 80_000, ["cortex-m7_reference"])
+    assert again.count("kTensorArenaSize32 =") == 1
