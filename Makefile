@@ -5,6 +5,9 @@
 #               files to runs/quickstart/ and print a summary
 #   make test   install into .venv and pass lint and the tests (Keras 3, then
 #               Keras 2 / tf_keras, which tensorflow-model-optimization needs)
+#   make firmware  build tflm/ with an export's files for a core, run it (qemu
+#               for Cortex-M), check it against the host and measure it:
+#               make firmware RUN_DIR=runs/quickstart TARGET=cortex-m4 KERNELS=cmsis_nn
 #   make bench  measure ShuffleNet beside MobileNet; writes docs/benchmarks.md
 #   make zoo    regenerate the README's model zoo table
 
@@ -14,8 +17,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR ?= runs/quickstart
+# make firmware: the run to build, the core (host, cortex-m4, cortex-m7,
+# cortex-m55) and the kernels (reference, cmsis_nn). TFLM_TREE, when set, is
+# the TFLM source tree (default: ../shared/tflm).
+RUN_DIR ?= $(DEMO_DIR)
+TARGET ?= cortex-m4
+KERNELS ?= cmsis_nn
 
-.PHONY: demo test lint format bench zoo install clean
+.PHONY: demo test lint format firmware bench zoo install clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +57,11 @@ test: lint
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
 		--prune_sparsity=0.3 --prune_epochs=2 --quantize=ptq
+
+# Writes RUN_DIR/firmware/<target>_<kernels>/result.json (and the ELF, its
+# linker map and the output), and the firmware section of RUN_DIR/report.md.
+firmware: $(STAMP)
+	$(PY) -m keras_shufflenet.micro.firmware --run_dir=$(RUN_DIR) --target=$(TARGET) --kernels=$(KERNELS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --output=docs/benchmarks.md
