@@ -102,7 +102,8 @@ def test_cortex_m4_reference_kernels_are_bit_identical_and_measured(quickstart_r
     assert result["top_class_matches_host"] and result["samples"] == 10
     model_file = quickstart_run["dir"] / "quickstart_int8_tflm.tflite"
     assert result["model_bytes"] == model_file.stat().st_size
-    assert result["flash_bytes"] == result["model_bytes"] + result["code_bytes"]
+    assert result["sample_bytes"] == 10 * (56 * 56 + 10)
+    assert result["flash_bytes"] == result["model_bytes"] + result["sample_bytes"] + result["code_bytes"]
     assert 50_000 < result["code_bytes"] < 400_000
     # The 32-bit core keeps smaller bookkeeping than the 64-bit host, and the
     # arena it reports, rounded to TFLM's 16-byte alignment, is the smallest

@@ -14,7 +14,7 @@ What a run measures, written to ``<run>/firmware/<target>_<kernels>/result.json`
 * instructions per ``Invoke()``, counted in qemu's execution trace between
   the markers of ``tflm/markers.cc`` (start-up excluded), and per operator;
 * flash (the ELF's loadable contents: code, constants, initialized data) split
-  into the model array and the rest, and RAM (data + bss + measured stack);
+  into the model array, the sample images and the rest (TFLM, kernels, libc), and RAM (data + bss + measured stack);
 * the arena the target really uses (``arena_used_bytes()``), checked to be
   the smallest that works (rounded up to TFLM's 16-byte alignment) by
   rebuilding with exactly that size.
@@ -321,13 +321,15 @@ def elf_sizes(elf: str, target: str) -> dict[str, int]:
         flash += size
         if name.startswith(".data") or name.startswith(".tdata"):
             data += size
-    model = next(
-        (size for name, (_, size) in _symbols(elf, target).items() if re.fullmatch(r"g_\w+_model_data", name)), 0
-    )
+    symbols = _symbols(elf, target)
+    model = next((size for name, (_, size) in symbols.items() if re.fullmatch(r"g_\w+_model_data", name)), 0)
+    # The test images and their expected outputs are the demo's, not the product's.
+    samples = sum(symbols.get(name, (0, 0))[1] for name in ("g_sample_input_data", "g_sample_expected_output"))
     return {
         "flash_bytes": flash,
         "model_bytes": model,
-        "code_bytes": flash - model,
+        "sample_bytes": samples,
+        "code_bytes": flash - model - samples,
         "data_bytes": data,
         "bss_bytes": bss,
     }
