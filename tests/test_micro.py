@@ -150,7 +150,9 @@ def test_model_settings_and_op_resolver(exported):
     assert float(re.search(r"kOutputScale = ([0-9.e-]+)f;", settings).group(1)) == pytest.approx(out_scale)
     assert f"kOutputZeroPoint = {out_zero};" in settings
     assert "kNumRows = 32;" in settings and "kNumChannels = 1;" in settings
-    assert f"kTensorArenaSize = {report['arena_bytes']};" in settings
+    # 64-bit hosts get the measured size; 32-bit cores the same until micro.firmware measures one.
+    assert f"kTensorArenaSize64 = {report['arena_bytes']};" in settings
+    assert f"kTensorArenaSize32 = {report['arena_bytes']};" in settings
     assert '"north", "east", "south", "west"' in (tflm / "model_settings.cc").read_text()
     # Exactly the operators TFLite itself sees in the model, each registered once.
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
@@ -445,3 +447,16 @@ def test_prune_and_qat_export(tmp_path):
     # The caller's model is left unpruned.
     kernel = model.get_layer("stage3_unit2_gconv1").get_weights()[0]
     assert np.count_nonzero(kernel == 0) == 0
+
+
+def test_channel_shuffle_exports_as_a_transpose_of_at_most_four_dimensions(exported):
+    # CMSIS-NN's TRANSPOSE handles at most 4 dimensions; with 5 it returns
+    # garbage and TFLM does not notice (seen on an emulated Cortex-M4).
+    model = schema_fb.Model.GetRootAs(_read(exported["dir"] / "tiny_int8_tflm.tflite"), 0)
+    graph = model.Subgraphs(0)
+    ranks = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() == schema_fb.BuiltinOperator.TRANSPOSE:
+            ranks.append(graph.Tensors(op.Inputs(0)).ShapeLength())
+    assert ranks and max(ranks) <= 4
