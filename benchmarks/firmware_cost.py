@@ -100,9 +100,11 @@ def report(results: dict[str, dict[str, Any]], cores: Sequence[str] = CORES) -> 
             key = f"{core}_{kernels}"
             rows = []
             for label, entry in results.items():
+                if key not in entry:  # not measured in this run
+                    continue
                 r = entry[key]
                 per_mac = _per_mac(entry, key)
-                base_per_mac = _per_mac(base, key)
+                base_per_mac = _per_mac(base, key) if key in base else None
                 ratio = None if per_mac is None or base_per_mac is None else per_mac / base_per_mac
                 rows.append(
                     [
@@ -132,9 +134,12 @@ def report(results: dict[str, dict[str, Any]], cores: Sequence[str] = CORES) -> 
                 "arena used",
                 "= host",
             ]
-            lines += [f"## {core}, {kernels.replace('_', '-')} kernels", "", markdown_table(header, rows), ""]
+            if rows:
+                lines += [f"## {core}, {kernels.replace('_', '-')} kernels", "", markdown_table(header, rows), ""]
     lines += ["## Where the instructions go (Cortex-M4, CMSIS-NN)", ""]
     for label, entry in results.items():
+        if "cortex-m4_cmsis_nn" not in entry:
+            continue
         r = entry["cortex-m4_cmsis_nn"]
         total = r["instructions_per_invoke"]
         by_op = firmware.instructions_by_op_type(r["per_op"])
