@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.micro import convert as micro_convert
+from keras_shufflenet.micro import graph as micro_graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +144,17 @@ def set_batch_norm_statistics(model: Any, seed: int = 0) -> None:
             layer.momentum = momentum
 
 
-def convert_float(model: Any) -> bytes:
-    """A float32 ``.tflite`` flatbuffer of a static batch-1 Keras model (the export's converter)."""
-    return micro_convert.convert_float(model)
+def convert_float(model: Any, move_relus: bool = True) -> bytes:
+    """A float32 ``.tflite`` flatbuffer of a static batch-1 Keras model (the export's converter).
+
+    ``move_relus=False`` keeps each ReLU after its concatenation (the export before the ReLU move).
+    """
+    return micro_convert.convert_float(model, move_relus)
 
 
-def convert_int8(model: Any, num_samples: int = 4, seed: int = 0, weight_quantization: str = "per_channel") -> bytes:
+def convert_int8(
+    model: Any, num_samples: int = 4, seed: int = 0, weight_quantization: str = "per_channel", move_relus: bool = True
+) -> bytes:
     """A full-int8 ``.tflite`` flatbuffer (int8 input and output), calibrated on random images.
 
     The export's converter, fed random images in [-1, 1] (the range of
@@ -157,7 +163,7 @@ def convert_int8(model: Any, num_samples: int = 4, seed: int = 0, weight_quantiz
     """
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     samples = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(num_samples, *input_shape)).astype(np.float32)
-    return micro_convert.convert_int8(model, samples, weight_quantization)
+    return micro_convert.convert_int8(model, samples, weight_quantization, move_relus)
 
 
 def ratio_pairs(results: dict[ModelSpec, Any], pairs: Any) -> list[tuple[str, Any, Any]]:
@@ -175,14 +181,9 @@ def ratio_pairs(results: dict[ModelSpec, Any], pairs: Any) -> list[tuple[str, An
 def variant(model: Any, replace: Any) -> Any:
     """``model`` with every layer for which ``replace(layer)`` returns a layer swapped for that layer."""
 
-    def clone(layer: Any) -> Any:
-        return replace(layer) or layer.__class__.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    for layer in copy.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return copy
+    return micro_graph.clone_with_weights(
+        model, lambda layer: replace(layer) or layer.__class__.from_config(layer.get_config())
+    )
 
 
 def swap_layers(old: type, new: type) -> Any:
@@ -192,9 +193,7 @@ def swap_layers(old: type, new: type) -> Any:
 
 def remove_layers(kind: type, where: Any = lambda layer: True) -> Any:
     """A ``replace`` for :func:`variant`: layers of ``kind`` (for which ``where`` holds) pass their input on."""
-    return lambda layer: (
-        micro_convert.PassThrough(name=layer.name) if isinstance(layer, kind) and where(layer) else None
-    )
+    return lambda layer: micro_graph.PassThrough(name=layer.name) if isinstance(layer, kind) and where(layer) else None
 
 
 # --- Timing --------------------------------------------------------------------

@@ -30,7 +30,7 @@ from benchmarks.common import (
 )
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.layers import PointwiseGroupConv2D, _shape_ending_with
+from keras_shufflenet.layers import PointwiseGroupConv2D
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -127,7 +127,8 @@ class _BatchedMatmulGroupConv2D(PointwiseGroupConv2D):
         x = tf.transpose(tf.reshape(inputs, [-1, groups, in_per_group]), [1, 0, 2])
         w = tf.transpose(tf.reshape(kernel, [in_per_group, groups, out_per_group]), [1, 0, 2])
         y = tf.transpose(tf.matmul(x, w), [1, 0, 2])
-        return tf.reshape(y, _shape_ending_with(inputs, [groups * out_per_group]))
+        # The benchmark models have a static input size, so the shape is a static list.
+        return tf.reshape(y, [-1, *inputs.shape[1:-1], groups * out_per_group])
 
 
 # What the breakdown removes or swaps, one layer kind at a time. The first

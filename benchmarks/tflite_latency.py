@@ -8,7 +8,6 @@ interleaved rounds; the tables give the median over the rounds.
 from __future__ import annotations
 
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -30,7 +29,6 @@ from benchmarks.common import (
     with_change,
 )
 from keras_shufflenet import ChannelShuffle
-from keras_shufflenet.micro import convert as micro_convert
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -116,12 +114,6 @@ def report(results: dict[ModelSpec, dict[str, Any]], rounds: int, min_seconds: f
     )
 
 
-def _converted_without_moving_relus(model: Any) -> tuple[bytes, bytes]:
-    """Float and int8 models exported as before the ReLU move: the ReLU stays after each concatenation."""
-    with mock.patch.object(micro_convert, "relus_through_concats", lambda model: (set(), set())):
-        return convert_float(model), convert_int8(model)
-
-
 def breakdown(
     spec: ModelSpec = SHUFFLENET_1X_G8, rounds: int = 5, min_seconds: float = 0.5
 ) -> dict[str, dict[str, float]]:
@@ -139,7 +131,10 @@ def breakdown(
     set_batch_norm_statistics(peer)
     converted = {
         "as exported": (convert_float(model), convert_int8(model)),
-        "ReLU after each concatenation (before)": _converted_without_moving_relus(model),
+        "ReLU after each concatenation (before)": (
+            convert_float(model, move_relus=False),
+            convert_int8(model, move_relus=False),
+        ),
         "without the channel shuffles": (convert_float(unshuffled), convert_int8(unshuffled)),
         f"{MOBILENET_050.label} (for reference)": (convert_float(peer), convert_int8(peer)),
     }

@@ -19,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from typing import Any
+
+import numpy as np
 
 from benchmarks.common import (
     ModelSpec,
@@ -32,6 +33,7 @@ from benchmarks.common import (
     set_batch_norm_statistics,
     shufflenet,
 )
+from keras_shufflenet.micro import flatbuffer, verify
 from keras_shufflenet.micro.compact import compact_for_tflm
 from keras_shufflenet.profiling import profile
 
@@ -52,34 +54,6 @@ PER_TENSOR_QUICKSTART_TOP1 = {"per_channel": "98.0 %", "per_tensor": "98.1 %"}
 # Models whose instructions are broken down per op.
 PER_OP_MODELS: tuple[ModelSpec, ...] = (SHUFFLENET_05X_G3, MOBILENET_VWW)
 
-_RUN_ONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_run_one.py")
-_INVOKE = "tflite::micro::MicroInterpreter::Invoke()"
-# TFLM aligns arena allocations to 16 bytes; a finer search means nothing.
-_ARENA_ALIGNMENT = 16
-_MAX_ARENA_BYTES = 64 * 2**20
-
-# Kernel Eval function (its unqualified name in the TFLM library) -> op type.
-_EVAL_TO_OP = {
-    "ConvEval": "CONV_2D",
-    "DepthwiseConvEval": "DEPTHWISE_CONV_2D",
-    "AddEval": "ADD",
-    "TransposeEval": "TRANSPOSE",
-    "EvalReshapeReference": "RESHAPE",
-    "ReluEval": "RELU",
-    "Relu6Eval": "RELU6",
-    "MaxEval": "MAX_POOL_2D",
-    "AverageEval": "AVERAGE_POOL_2D",
-    "ConcatenationEval": "CONCATENATION",
-    "EvalMean": "MEAN",
-    "FullyConnectedEval": "FULLY_CONNECTED",
-    "SoftmaxEval": "SOFTMAX",
-    "QuantizeEval": "QUANTIZE",
-    "DequantizeEval": "DEQUANTIZE",
-    "PadEval": "PAD",
-}
-_ANNOTATE_LINE = re.compile(
-    r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
-)
 # MACs of these Keras layer types run in these TFLite ops.
 # (The export turns PointwiseGroupConv2D into a grouped CONV_2D and a Dense
 # classifier into a 1x1 CONV_2D.)
@@ -115,7 +89,7 @@ class TFLMCost:
       op_instructions: Instructions per op type (inclusive, kernel Eval functions).
       op_macs: MACs per op type.
       op_counts: Number of ops of each type in the ``.tflite`` graph.
-      flash_parts: :func:`flash_breakdown` of the ``.tflite`` file.
+      flash_parts: :func:`keras_shufflenet.micro.flatbuffer.flash_breakdown` of the ``.tflite`` file.
       compact_flash_bytes: Size of the same model after
         :func:`keras_shufflenet.micro.compact.compact_for_tflm` (what
         ``micro.export`` flashes: no per-channel zero points, bias
@@ -151,104 +125,18 @@ class TFLMCost:
         return self.flash_bytes / self.params
 
 
-def _runs(model_path: str, arena_bytes: int) -> bool:
-    """Whether TFLM allocates and runs the model in ``arena_bytes`` (in a child process)."""
-    result = subprocess.run(
-        [sys.executable, _RUN_ONE, model_path, str(arena_bytes)], capture_output=True, text=True, check=False
-    )
-    return result.returncode == 0  # An arena too small either raises (status 3) or aborts (SIGABRT).
+def _fixed_input(seed: int = 0) -> np.ndarray:
+    """A fixed int8 input of the models (the same on every run, so the instruction counts repeat).
 
-
-def smallest_arena(model_path: str) -> int:
-    """The smallest tensor arena, a multiple of 16 bytes, in which the model runs (bisection)."""
-    high = 256 * 1024
-    while not _runs(model_path, high):
-        high *= 2
-        if high > _MAX_ARENA_BYTES:
-            raise RuntimeError(f"{model_path} does not run in TFLite Micro even with {_MAX_ARENA_BYTES} bytes.")
-    low = 0  # Known not to run.
-    while high - low > _ARENA_ALIGNMENT:
-        middle = (low + high) // 2 // _ARENA_ALIGNMENT * _ARENA_ALIGNMENT
-        if _runs(model_path, middle):
-            high = middle
-        else:
-            low = middle
-    return high
-
-
-def count_instructions(model_path: str, arena_bytes: int, callgrind_out: str) -> tuple[int, dict[str, int]]:
-    """Instructions of one inference and their split per op type, by callgrind.
-
-    Returns:
-      The total inside ``Invoke()`` and the inclusive instructions of each
-      op type's kernel Eval function; what no Eval function accounts for
-      (the interpreter's loop over the ops) is under ``"(interpreter)"``.
+    The reference kernels' work does not depend on the values.
     """
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={callgrind_out}",
-        "--collect-atstart=no",
-        f"--toggle-collect={_INVOKE}",
-        sys.executable,
-        _RUN_ONE,
-        model_path,
-        str(arena_bytes),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    match = re.search(r"Collected\s*:\s*(\d+)", result.stderr)
-    if result.returncode != 0 or not match or int(match.group(1)) == 0:
-        raise RuntimeError(f"callgrind failed on {model_path}: {result.stderr[-2000:]}")
-    total = int(match.group(1))
-    annotate = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", callgrind_out],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    per_op: dict[str, int] = {}
-    for line in annotate.splitlines():
-        parsed = _ANNOTATE_LINE.match(line)
-        if parsed and parsed.group(2) in _EVAL_TO_OP:
-            op = _EVAL_TO_OP[parsed.group(2)]
-            per_op[op] = per_op.get(op, 0) + int(parsed.group(1).replace(",", ""))
-    per_op["(interpreter)"] = total - sum(per_op.values())
-    return total, per_op
+    rng = np.random.default_rng(seed)
+    return rng.integers(-128, 128, size=(1, *INPUT_SHAPE), dtype=np.int64).astype(np.int8)[0]
 
 
-def flash_breakdown(tflite_model: bytes) -> dict[str, int]:
-    """Bytes of the ``.tflite`` file by what they hold.
-
-    Returns:
-      ``"int8 weights"`` and ``"int32 biases and shapes"`` (constant tensor data),
-      ``"quantization"`` (per-channel and per-tensor scales and zero points,
-      stored as float32 and int64), ``"tensor names"``, and ``"graph"``: the
-      rest (tensor shapes and headers, operators, flatbuffer padding).
-    """
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
-
-    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(tflite_model, 0))
-    parts = {"int8 weights": 0, "int32 biases and shapes": 0, "quantization": 0, "tensor names": 0}
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors or []:
-            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
-            if data is not None and len(data):
-                key = "int8 weights" if tensor.type == schema_fb.TensorType.INT8 else "int32 biases and shapes"
-                parts[key] += len(data)
-            quantization = tensor.quantization
-            if quantization is not None and quantization.scale is not None:
-                parts["quantization"] += 4 * len(quantization.scale) + 8 * len(quantization.zeroPoint)
-            parts["tensor names"] += len(tensor.name or b"")
-    parts["graph"] = len(tflite_model) - sum(parts.values())
-    return parts
-
-
-def _op_counts(tflite_model: bytes) -> dict[str, int]:
-    try:
-        from keras_shufflenet.micro.convert import op_histogram
-    except ImportError:  # Only a detail of the per-op table.
-        return {}
-    return op_histogram(tflite_model)
+def _smallest_arena(model_path: str) -> int:
+    """The smallest tensor arena, a multiple of 16 bytes, in which the model runs (the export's search)."""
+    return verify.find_min_arena(model_path, margin=0.0).min_bytes
 
 
 def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None) -> dict[ModelSpec, TFLMCost]:
@@ -256,7 +144,7 @@ def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None)
 
     Args:
       models: The models, built at 96x96x3 with 2 classes and a static batch of 1.
-      work_dir: Where the ``.tflite`` and callgrind files go; a temporary
+      work_dir: Where the ``.tflite`` files go; a temporary
         directory if `None`.
 
     Returns:
@@ -275,8 +163,11 @@ def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None)
             path = os.path.join(directory, f"{stem}_int8.tflite")
             with open(path, "wb") as file:
                 file.write(tflite_model)
-            arena = smallest_arena(path)
-            instructions, op_instructions = count_instructions(path, arena, os.path.join(directory, f"{stem}.cg"))
+            arena = _smallest_arena(path)
+            counted = verify.count_instructions_by_op(path, arena, _fixed_input())
+            if counted is None:
+                raise RuntimeError("valgrind is not installed: the TFLM benchmark counts instructions with callgrind.")
+            instructions, op_instructions = counted.total, counted.by_op
             compact_model = compact_for_tflm(tflite_model).model
             compact_path = os.path.join(directory, f"{stem}_int8_tflm.tflite")
             with open(compact_path, "wb") as file:
@@ -289,10 +180,10 @@ def measure(models: tuple[ModelSpec, ...] = MODELS, work_dir: str | None = None)
                 instructions=instructions,
                 op_instructions=op_instructions,
                 op_macs=op_macs,
-                op_counts=_op_counts(tflite_model),
-                flash_parts=flash_breakdown(tflite_model),
+                op_counts=flatbuffer.op_histogram(tflite_model),
+                flash_parts=flatbuffer.flash_breakdown(tflite_model),
                 compact_flash_bytes=len(compact_model),
-                compact_arena_bytes=smallest_arena(compact_path),
+                compact_arena_bytes=_smallest_arena(compact_path),
                 per_tensor_compact_flash_bytes=len(
                     compact_for_tflm(convert_int8(model, weight_quantization="per_tensor")).model
                 ),

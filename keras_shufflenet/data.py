@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,73 +32,19 @@ import numpy as np
 import tensorflow as tf
 
 from keras_shufflenet.shufflenet import preprocess_input
+from keras_shufflenet.training.config import CHANNELS, ConfigError, PipelineConfig
 
 FOLDER_PREFIX = "folder:"
 EVAL_FOLDER_NAMES = ("test", "val", "validation")
 # TFDS eval splits, in order of preference.
 TFDS_EVAL_SPLITS = ("validation", "test")
-AUGMENTATIONS = ("none", "shift", "scale")
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A dataset argument or the data it points to cannot be used."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    """How images are resized, augmented and batched.
-
-    Attributes:
-      input_size: Height and width of the model input.
-      channels: Model input channels (1 or 3); 0 takes the dataset's own.
-      augment: ``"none"``; ``"shift"``: random translation by up to
-        ``shift_fraction`` of the size (pad and random crop), for small
-        images; ``"scale"``: random-area crop of ``min_crop_area``..1 of the
-        image with aspect 3/4..4/3, resized to ``input_size`` (the paper's
-        "slightly less aggressive" scale augmentation: Inception's crops go
-        down to 8 %), with evaluation on a center crop of
-        ``eval_crop_fraction`` of a resize (224 of 256).
-      random_flip: Random horizontal flips in training (off for digits).
-      shift_fraction: Largest shift of ``"shift"``, as a fraction of the size.
-      min_crop_area: Smallest crop area of ``"scale"``, as a fraction.
-      eval_crop_fraction: Center-crop fraction of ``"scale"`` evaluation.
-      cache: Keep decoded, resized images in memory after the first epoch
-        (small datasets); off for datasets larger than memory.
-      shuffle_buffer: Shuffle buffer size, in images.
-      seed: Seed of shuffling and augmentation.
-    """
-
-    input_size: int = 32
-    channels: int = 0
-    augment: str = "shift"
-    random_flip: bool = False
-    shift_fraction: float = 0.125
-    min_crop_area: float = 0.25
-    eval_crop_fraction: float = 0.875
-    cache: bool = True
-    shuffle_buffer: int = 10_000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.input_size, int) or self.input_size < 1:
-            raise DataError(f"input_size must be an integer >= 1. Received: input_size={self.input_size!r}")
-        if self.channels not in (0, 1, 3):
-            raise DataError(f"channels must be 0 (the dataset's), 1 or 3. Received: channels={self.channels!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise DataError(f"augment must be one of {AUGMENTATIONS}. Received: augment={self.augment!r}")
-        if not 0 <= self.shift_fraction < 1:
-            raise DataError(f"shift_fraction must be in [0, 1). Received: shift_fraction={self.shift_fraction!r}")
-        if not 0 < self.min_crop_area <= 1:
-            raise DataError(f"min_crop_area must be in (0, 1]. Received: min_crop_area={self.min_crop_area!r}")
-        if not 0 < self.eval_crop_fraction <= 1:
-            raise DataError(
-                f"eval_crop_fraction must be in (0, 1]. Received: eval_crop_fraction={self.eval_crop_fraction!r}"
-            )
-        if self.shuffle_buffer < 1:
-            raise DataError(f"shuffle_buffer must be >= 1. Received: shuffle_buffer={self.shuffle_buffer!r}")
 
 
 @dataclasses.dataclass
@@ -161,8 +106,8 @@ def load_source(
     """
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"dataset must be a TFDS name or 'folder:PATH'. Received: dataset={dataset!r}")
-    if channels not in (0, 1, 3):
-        raise DataError(f"channels must be 0, 1 or 3. Received: channels={channels!r}")
+    if channels not in CHANNELS:
+        raise DataError(f"channels must be one of {CHANNELS}. Received: channels={channels!r}")
     if not 0 < holdout_fraction < 1:
         raise DataError(f"holdout_fraction must be in (0, 1). Received: holdout_fraction={holdout_fraction!r}")
     if dataset.startswith(FOLDER_PREFIX):
@@ -571,8 +516,9 @@ def representative_batches(
     Yields:
       float32 arrays ``[batch, size, size, channels]``.
     """
-    shuffled = dataclasses.replace(config, cache=False)
-    ds = make_eval_dataset(source, shuffled, batch_size, split="train").unbatch()
+    # A few images drawn from the whole split: caching them all would cost memory for nothing.
+    uncached = dataclasses.replace(config, cache=False)
+    ds = make_eval_dataset(source, uncached, batch_size, split="train").unbatch()
     ds = ds.shuffle(min(10 * num_samples, 10_000), seed=config.seed).take(num_samples).batch(batch_size)
     for images, _ in ds.as_numpy_iterator():
         yield images
@@ -581,8 +527,3 @@ def representative_batches(
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per epoch (training drops the remainder)."""
     return max(1, num_examples // batch_size)
-
-
-def eval_steps(num_examples: int, batch_size: int) -> int:
-    """Batches that cover the eval split, the last one partial."""
-    return max(1, math.ceil(num_examples / batch_size))

@@ -5,21 +5,38 @@ imported selects Keras 2 (the ``tf_keras`` package), which is what
 tensorflow-model-optimization (pruning, quantization-aware training) accepts.
 Every module of the package imports ``keras`` from here so that one process
 never mixes the two.
+
+Importing this module does not import Keras: the first use of ``keras``
+does. So a command line can read :data:`USE_LEGACY_KERAS` and
+:func:`legacy_keras_selected` before it decides to restart itself in the other
+flavour.
 """
 
+from __future__ import annotations
+
+import importlib
 import os
+from collections.abc import Mapping
+from typing import Any
 
-USE_LEGACY_KERAS: bool = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in (
-    "1",
-    "true",
-    "yes",
-)
+# The environment variable that selects Keras 2 (read by TensorFlow itself at import).
+LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
-if USE_LEGACY_KERAS:
-    import tf_keras as keras  # noqa: F401
-else:
-    import keras  # noqa: F401
 
-KERAS_MAJOR_VERSION: int = int(keras.__version__.split(".")[0])
+def legacy_keras_selected(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``environ`` selects Keras 2 (``TF_USE_LEGACY_KERAS`` is 1, true or yes)."""
+    return environ.get(LEGACY_KERAS_ENV, "").lower() in ("1", "true", "yes")
 
-__all__ = ["keras", "USE_LEGACY_KERAS", "KERAS_MAJOR_VERSION"]
+
+USE_LEGACY_KERAS: bool = legacy_keras_selected()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "keras":
+        module = importlib.import_module("tf_keras" if USE_LEGACY_KERAS else "keras")
+        globals()["keras"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LEGACY_KERAS_ENV", "USE_LEGACY_KERAS", "keras", "legacy_keras_selected"]  # noqa: F822 (keras: see __getattr__)

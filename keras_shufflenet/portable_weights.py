@@ -9,11 +9,11 @@ runs in Keras 3; pruning and quantization-aware training need tf_keras
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from keras_shufflenet import run_dir
 
 
 def save(model: Any, path: str) -> None:
@@ -22,15 +22,8 @@ def save(model: Any, path: str) -> None:
     for layer in model.layers:
         for index, value in enumerate(layer.get_weights()):
             arrays[f"{layer.name}/{index}"] = value
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-weights-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with run_dir.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def load(model: Any, path: str) -> None:

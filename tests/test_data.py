@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_shufflenet import data
 from keras_shufflenet.datasets import DATA_FILE
+from keras_shufflenet.training.config import ConfigError
 
 
 def write_png(path: str, image: np.ndarray) -> None:
@@ -201,7 +202,7 @@ def test_bad_datasets_are_refused_with_a_clear_error(
 
 
 def test_pipeline_config_names_bad_values() -> None:
-    with pytest.raises(data.DataError, match="augment must be one of .* Received: augment='crop'"):
+    with pytest.raises(ConfigError, match="augment must be one of .* Received: augment='crop'"):
         data.PipelineConfig(augment="crop")
-    with pytest.raises(data.DataError, match="channels"):
+    with pytest.raises(ConfigError, match="channels"):
         data.PipelineConfig(channels=2)

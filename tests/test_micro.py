@@ -18,7 +18,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
-from keras_shufflenet.micro import UnsupportedOpError, c_sources, compact, convert, export, verify
+from keras_shufflenet.micro import UnsupportedOpError, c_sources, compact, convert, export, flatbuffer, graph, verify
 
 INPUT_SHAPE = (32, 32, 1)
 CLASSES = 4
@@ -158,7 +158,7 @@ def test_model_settings_and_op_resolver(exported):
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     resolver = (tflm / "op_resolver.h").read_text()
     registered = re.findall(r"resolver\.(Add\w+)\(\)", resolver)
-    assert sorted(registered) == sorted(convert.TFLM_OP_RESOLVER_METHODS[op] for op in ops)
+    assert sorted(registered) == sorted(flatbuffer.TFLM_OP_RESOLVER_METHODS[op] for op in ops)
     assert "MicroMutableOpResolver<kNumberOfOps>" in resolver and f"kNumberOfOps = {len(ops)};" in resolver
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE", "RESHAPE"} <= set(report["ops"])
 
@@ -308,12 +308,12 @@ def test_pruning_a_keras3_model_explains_tf_keras(tiny_model, tmp_path):
 
 
 def test_export_graph_has_grouped_conv2d_not_the_keras_matmul_lowering(tiny_model, rng):
-    static = convert.static_batch_model(tiny_model)
+    static = graph.static_batch_model(tiny_model)
     grouped = [layer for layer in static.layers if layer.name.endswith(("gconv1", "gconv2")) and layer.groups > 1]
     assert grouped and all(type(layer) is keras.layers.Conv2D for layer in grouped)
     image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(static(image).numpy(), tiny_model(image).numpy(), rtol=1e-5, atol=1e-6)
-    ops = convert.op_histogram(convert.convert_float(tiny_model))
+    ops = flatbuffer.op_histogram(convert.convert_float(tiny_model))
     assert "BATCH_MATMUL" not in ops and "FULLY_CONNECTED" not in ops
     # Every convolution, grouped or not, and the classifier is one CONV_2D.
     convs = [layer for layer in static.layers if type(layer).__name__ in ("Conv2D", "DenseAsPointwiseConv")]
@@ -322,15 +322,15 @@ def test_export_graph_has_grouped_conv2d_not_the_keras_matmul_lowering(tiny_mode
 
 def test_relu_after_a_concat_moves_onto_its_inputs(tiny_model, rng):
     stride2 = [unit.name for unit in network_spec(groups=3, scale_factor=0.25).units if unit.strides == 2]
-    dropped, fused = convert.relus_through_concats(tiny_model)
+    dropped, fused = graph.relus_through_concats(tiny_model)
     # Stride-2 units: relu(concat(avg_pool(x), bn(conv))) with x a ReLU's output.
     assert dropped == {f"{name}_relu" for name in stride2}
     assert fused == {f"{name}_gconv2_bn" for name in stride2}
-    static = convert.static_batch_model(tiny_model)
-    assert {type(static.get_layer(name)) for name in dropped} == {convert.PassThrough}
+    static = graph.static_batch_model(tiny_model)
+    assert {type(static.get_layer(name)) for name in dropped} == {graph.PassThrough}
     image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(static(image).numpy(), tiny_model(image).numpy(), rtol=1e-5, atol=1e-6)
-    assert "RELU" not in convert.op_histogram(convert.convert_float(tiny_model))
+    assert "RELU" not in flatbuffer.op_histogram(convert.convert_float(tiny_model))
 
 
 def test_relu_moves_when_the_layers_also_serve_another_model(rng):
@@ -338,11 +338,11 @@ def test_relu_moves_when_the_layers_also_serve_another_model(rng):
     model = ShuffleNet(input_shape=INPUT_SHAPE, classes=CLASSES, scale_factor=0.25, groups=3)
     # tfmot's prune and strip clone a model reusing its unwrapped layers: each then has two inbound nodes.
     keras.models.clone_model(model, clone_function=lambda layer: layer)
-    assert convert.relus_through_concats(model) == (set(), set())  # Ambiguous on the shared layers themselves.
-    assert "RELU" not in convert.op_histogram(convert.convert_float(model))  # Read on the export's fresh copy.
+    assert graph.relus_through_concats(model) == (set(), set())  # Ambiguous on the shared layers themselves.
+    assert "RELU" not in flatbuffer.op_histogram(convert.convert_float(model))  # Read on the export's fresh copy.
     image = rng.normal(size=(1, *INPUT_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(
-        convert.static_batch_model(model)(image).numpy(), model(image).numpy(), rtol=1e-5, atol=1e-6
+        graph.static_batch_model(model)(image).numpy(), model(image).numpy(), rtol=1e-5, atol=1e-6
     )
 
 
@@ -354,11 +354,11 @@ def test_relu_after_a_concat_stays_when_an_input_can_be_negative(rng):
         joined = keras.layers.Concatenate()([keras.layers.AveragePooling2D(1)(image), second])
         outputs = [keras.layers.ReLU()(joined)] + ([keras.layers.Flatten()(shared_bn)] if second is shared_bn else [])
         model = keras.Model(image, outputs)
-        assert convert.relus_through_concats(model) == (set(), set())
+        assert graph.relus_through_concats(model) == (set(), set())
     x = rng.normal(size=(1, 6, 6, 3)).astype(np.float32)
     model = keras.Model(image, keras.layers.ReLU()(keras.layers.Concatenate()([image, conv])))
-    assert "RELU" in convert.op_histogram(convert.convert_float(model))
-    np.testing.assert_allclose(convert.static_batch_model(model)(x).numpy(), model(x).numpy(), rtol=1e-6)
+    assert "RELU" in flatbuffer.op_histogram(convert.convert_float(model))
+    np.testing.assert_allclose(graph.static_batch_model(model)(x).numpy(), model(x).numpy(), rtol=1e-6)
 
 
 def test_unsupported_op_is_named():
@@ -366,7 +366,7 @@ def test_unsupported_op_is_named():
     top = keras.layers.Lambda(lambda x: tf.math.top_k(x, k=2).values)(image)
     model = keras.Model(image, top)
     with pytest.raises(UnsupportedOpError, match="TOPK_V2"):
-        convert.check_tflm_ops(convert.convert_float(model))
+        flatbuffer.check_tflm_ops(convert.convert_float(model))
 
 
 def test_arena_too_small_fails_and_keeps_the_good_export(exported, tiny_model, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -18,8 +17,10 @@ import pytest
 import tensorflow as tf
 
 import keras_shufflenet
-from keras_shufflenet import data, training
+from keras_shufflenet import data, export_job, training
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.training import config as config_lib
+from keras_shufflenet.training import optimization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "train", "main.py")
@@ -40,24 +41,25 @@ def make_pattern_folder(root: str, per_class: int = 12, test_per_class: int = 4)
 
 
 def tiny_config(dataset_root: str, model_dir: str, **changes: object) -> training.TrainConfig:
-    config = training.TrainConfig(
-        dataset=f"folder:{dataset_root}",
-        model_dir=model_dir,
-        epochs=2,
-        batch_size=16,
-        input_size=32,
-        groups=3,
-        scale_factor=0.25,
-        learning_rate=0.01,
-        warmup_epochs=0,
-        verbose=0,
+    config = training.TrainConfig.from_flat(
+        dict(
+            dataset=f"folder:{dataset_root}",
+            model_dir=model_dir,
+            epochs=2,
+            batch_size=16,
+            input_size=32,
+            groups=3,
+            scale_factor=0.25,
+            learning_rate=0.01,
+            warmup_epochs=0,
+            verbose=0,
+        )
     )
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
 def config_flags(config: training.TrainConfig) -> list[str]:
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    return [f"--{name}={value}" for name, value in values.items() if value is not None]
+    return [f"--{name}={value}" for name, value in config.flat().items() if value is not None]
 
 
 def run_main(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -74,28 +76,49 @@ def run_main(args: list[str], env: dict[str, str] | None = None, timeout: float 
 # ------------------------------------------------------------------ fast
 
 
-def test_every_flag_is_a_config_field() -> None:
-    with open(MAIN, encoding="utf-8") as f:
-        flag_names = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read())
-    assert flag_names == [f.name for f in dataclasses.fields(training.TrainConfig)]
+def test_every_flag_is_a_config_field_with_help() -> None:
+    names = [name for name, _, _ in config_lib.flag_fields()]
+    assert len(names) == len(set(names))  # Flat names are unique across the nested configs.
+    assert list(training.TrainConfig().flat()) == names
+    for name, _, field in config_lib.flag_fields():
+        assert field.metadata["help"], name
+    config = training.TrainConfig.from_flat({"augment": "scale", "quantize": "ptq", "epochs": 3})
+    assert (config.data.augment, config.micro.quantize, config.epochs) == ("scale", "ptq", 3)
+    assert training.TrainConfig.from_flat(config.flat()) == config
+    with pytest.raises(training.ConfigError, match="unknown configuration field 'no_such_flag'"):
+        config.replace(no_such_flag=1)
+
+
+def test_the_shipped_flagfiles_name_only_config_fields() -> None:
+    names = {name for name, _, _ in config_lib.flag_fields()}
+    for filename in os.listdir(os.path.join(REPO, "train", "configs")):
+        with open(os.path.join(REPO, "train", "configs", filename), encoding="utf-8") as f:
+            used = re.findall(r"^--(\w+)=", f.read(), re.M)
+        assert used and set(used) <= names, filename
+
+
+def test_the_config_module_imports_no_tensorflow() -> None:
+    code = "import sys, keras_shufflenet.training.config, keras_shufflenet.run_dir; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:
-    cosine = training.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="cosine")
-    linear = training.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="linear")
+    cosine = optimization.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="cosine")
+    linear = optimization.WarmupDecaySchedule(0.5, total_steps=110, warmup_steps=10, decay="linear")
     values = {step: (float(cosine(step)), float(linear(step))) for step in (0, 4, 10, 35, 60, 110, 200)}
     assert values[0] == pytest.approx((0.05, 0.05)) and values[4] == pytest.approx((0.25, 0.25))
     assert values[10] == pytest.approx((0.5, 0.5))
     assert values[35] == pytest.approx((0.5 * 0.5 * (1 + np.cos(np.pi / 4)), 0.375))
     assert values[60] == pytest.approx((0.25, 0.25))
     assert values[110] == pytest.approx((0.0, 0.0), abs=1e-7) and values[200] == pytest.approx((0.0, 0.0), abs=1e-7)
-    constant = training.WarmupDecaySchedule(0.1, total_steps=50, decay="constant")
+    constant = optimization.WarmupDecaySchedule(0.1, total_steps=50, decay="constant")
     assert float(constant(0)) == pytest.approx(0.1) and float(constant(49)) == pytest.approx(0.1)
 
 
 def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
     model = keras_shufflenet.ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.25)
-    training.add_kernel_weight_decay(model, 4e-5)
+    optimization.add_kernel_weight_decay(model, 4e-5)
     expected = 0.0
     for layer in model.layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
@@ -123,7 +146,7 @@ def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
 )
 def test_bad_config_values_are_named(changes: dict[str, object], message: str) -> None:
     with pytest.raises(training.ConfigError, match=message):
-        dataclasses.replace(training.TrainConfig(), **changes).validate()
+        training.TrainConfig().replace(**changes).validate()
 
 
 def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
@@ -143,7 +166,7 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
     config = tiny_config(root, str(tmp_path / "run"), quantize="ptq", representative_samples=5, batch_size=4)
     source = data.load_source(config.dataset)
     model = training.build_model(config, source.num_classes, source.channels)
-    assert training.run_micro_export(config, model, source, config.pipeline_config()) == {"ok": True}
+    assert export_job.run_micro_export(config, model, source) == {"ok": True}
     ((args, kwargs),) = calls
     model_arg, representative, output_dir = args
     assert model_arg is model and output_dir == config.model_dir
@@ -228,7 +251,7 @@ def test_training_writes_metrics_model_checkpoint_and_plot(trained: tuple[traini
 @pytest.mark.slow
 def test_eval_mode_reproduces_the_training_eval(trained: tuple[training.TrainConfig, dict]) -> None:
     config, metrics = trained
-    result = training.evaluate(dataclasses.replace(config, mode="eval", input_size=64))
+    result = training.evaluate(config.replace(mode="eval", input_size=64))
     assert result["eval_top1"] == pytest.approx(metrics["eval_top1"])
     assert result["eval_top5"] == pytest.approx(metrics["eval_top5"])
     assert result["num_eval_images"] == 16
@@ -243,7 +266,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     model_dir = str(tmp_path / "diverging")
     shutil.copytree(config.model_dir, model_dir)
     # Adam moves every weight by about the learning rate: 1e30 overflows at once.
-    diverging = dataclasses.replace(config, model_dir=model_dir, epochs=4, learning_rate=1e30)
+    diverging = config.replace(model_dir=model_dir, epochs=4, learning_rate=1e30)
     with pytest.raises(
         training.TrainingDivergedError, match=r"NaN or infinite at epoch 3.*Last good checkpoint: epoch 2"
     ):
@@ -252,7 +275,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         state = json.load(f)
     assert state["epoch"] == 2 and state["checkpoint"] == "epoch-0002"
     with pytest.raises(training.ConfigError, match="trained with optimizer=adam; resume with --optimizer=adam"):
-        training.train(dataclasses.replace(diverging, optimizer="sgd"))
+        training.train(diverging.replace(optimizer="sgd"))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
 

@@ -4,15 +4,28 @@
 quantization-aware), converts a static batch-1 graph, verifies the int8 model
 in the TFLite Micro interpreter and writes the C++ sources of ``tflm/``.
 
-Modules, one concept each: :mod:`~keras_shufflenet.micro.compression`
-(tfmot pruning and QAT), :mod:`~keras_shufflenet.micro.convert` (conversion
-and the TFLM operator check), :mod:`~keras_shufflenet.micro.verify` (TFLM
-runs, bit-exactness, arena search), :mod:`~keras_shufflenet.micro.c_sources`
-(the C sources of ``tflm/``) and :mod:`~keras_shufflenet.micro.report`.
+Modules, one concept each:
+
+* :mod:`~keras_shufflenet.micro.export`: the pipeline of named stages;
+  :mod:`~keras_shufflenet.micro.options` checks its arguments;
+* :mod:`~keras_shufflenet.micro.samples`: calibration, eval and firmware images;
+* :mod:`~keras_shufflenet.micro.compression`: tfmot pruning and QAT;
+* :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,
+  the layers TFLite should see, the ReLU move);
+* :mod:`~keras_shufflenet.micro.convert`: float and int8 conversion;
+* :mod:`~keras_shufflenet.micro.flatbuffer`: reading ``.tflite`` files, and
+  the table of the operators TFLM implements;
+* :mod:`~keras_shufflenet.micro.compact`: the TFLM-only copy of the flatbuffer;
+* :mod:`~keras_shufflenet.micro.verify` (with ``tflm_worker.py``): TFLM runs,
+  bit-exactness, arena search, instruction counts;
+* :mod:`~keras_shufflenet.micro.c_sources`: the C sources of ``tflm/``;
+* :mod:`~keras_shufflenet.micro.report`: ``report.json`` and ``report.md``;
+* :mod:`~keras_shufflenet.micro.firmware`: builds ``tflm/`` for a host or
+  Cortex-M target and runs it in qemu.
 """
 
-from keras_shufflenet.micro.convert import UnsupportedOpError
 from keras_shufflenet.micro.export import export
+from keras_shufflenet.micro.flatbuffer import UnsupportedOpError
 from keras_shufflenet.micro.verify import TFLMError, VerificationError
 
 __all__ = ["TFLMError", "UnsupportedOpError", "VerificationError", "export"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_shufflenet.micro.convert import TFLM_OP_RESOLVER_METHODS
+from keras_shufflenet.micro.flatbuffer import TFLM_OP_RESOLVER_METHODS
 
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BYTES_PER_LINE = 12
@@ -96,7 +96,7 @@ def model_settings_sources(
     """``model_settings.h`` / ``.cc``: input geometry, int8 parameters, labels and arena size.
 
     Args:
-      io: Input/output details from :func:`keras_shufflenet.micro.convert.io_quantization`.
+      io: Input/output details from :func:`keras_shufflenet.micro.flatbuffer.io_quantization`.
       labels: Class names, one per output element, or None (then no label table).
       arena_bytes: Tensor arena size the application allocates.
       min_arena_bytes: The smallest arena measured, for the comment.

@@ -115,15 +115,10 @@ def prune(
       A new, stripped tf_keras model (the caller's model is not changed).
 
     Raises:
-      ValueError: For an invalid argument or a Keras 3 model.
+      ValueError: For a Keras 3 model or an infinite or empty ``train_data``.
+        (:func:`keras_shufflenet.micro.export` checks the other arguments.)
     """
     require_legacy_keras(model, "prune_sparsity", sparsity)
-    if not 0 < sparsity < 1:
-        raise ValueError(f"`prune_sparsity` must be in (0, 1). Received: prune_sparsity={sparsity!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`prune_epochs` must be an integer >= 1 when pruning. Received: prune_epochs={epochs!r}")
-    if train_data is None:
-        raise ValueError("`train_data` is required when `prune_sparsity` > 0 (pruning fine-tunes the model).")
     import tensorflow_model_optimization as tfmot
 
     total_steps = _steps_per_epoch(train_data) * epochs
@@ -271,10 +266,6 @@ def quantization_aware_training(
       :func:`keras_shufflenet.micro.convert.convert_int8`.
     """
     require_legacy_keras(model, "quantize", "qat")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`qat_epochs` must be an integer >= 1. Received: qat_epochs={epochs!r}")
-    if train_data is None:
-        raise ValueError("`train_data` is required when `quantize='qat'` (QAT fine-tunes the model).")
     import tensorflow_model_optimization as tfmot
 
     qk = tfmot.quantization.keras

@@ -1,10 +1,119 @@
-"""The export report: ``report.json`` (machine-readable) and ``report.md`` (for people)."""
+"""The export report: built from the stages' results, written as ``report.json`` and ``report.md``."""
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
+from collections.abc import Sequence
 from typing import Any
+
+from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
+from keras_shufflenet.micro import flatbuffer
+
+_COMPACT_NOTE = (
+    "TFLM-only flatbuffer: single zero point for symmetric per-channel weights, no bias "
+    "quantization, no tensor names; bit-identical in TFLM to the standard int8 model."
+)
+
+
+def build(
+    *,
+    name: str,
+    model: Any,
+    input_shape: Sequence[int],
+    classes: int | None,
+    labels: Sequence[str] | None,
+    model_profile: Any,
+    quantize: str,
+    weight_quantization: str,
+    float_tflite: bytes,
+    int8_tflite: bytes,
+    compact_model: Any,
+    io: dict[str, Any],
+    arena: Any,
+    arena_bytes: int,
+    float_top1: float | None,
+    int8_top1: float | None,
+    accuracy: dict[str, Any],
+    bit_exact: dict[str, Any],
+    float_tflite_max_abs_diff: float,
+    instructions: int | None,
+    sparsity: dict[str, Any],
+    representative_samples: int,
+    files: Sequence[str],
+) -> dict[str, Any]:
+    """The report of one export (everything but ``timings_s``), from what its stages produced.
+
+    Args:
+      name: The export's C identifier.
+      model: The Keras model exported.
+      input_shape: Its ``(H, W, C)``.
+      classes: Its classes (`None` if not a classifier).
+      labels: The class names written to the firmware.
+      model_profile: :func:`keras_shufflenet.profile` of ``model``.
+      quantize: ``"ptq"`` or ``"qat"``.
+      weight_quantization: ``"per_channel"`` or ``"per_tensor"``.
+      float_tflite: The float32 flatbuffer.
+      int8_tflite: The standard full-int8 flatbuffer.
+      compact_model: The :class:`~keras_shufflenet.micro.compact.CompactModel` the board gets.
+      io: :func:`~keras_shufflenet.micro.flatbuffer.io_quantization` of the int8 model.
+      arena: The :class:`~keras_shufflenet.micro.verify.ArenaSearch`.
+      arena_bytes: The arena written to ``model_settings.h``.
+      float_top1: Float top-1 on the eval samples (`None` without eval data).
+      int8_top1: Int8 top-1 in TFLM.
+      accuracy: The accuracy details (samples, drop, agreement).
+      bit_exact: :func:`~keras_shufflenet.micro.verify.compare_bit_exact`'s result.
+      float_tflite_max_abs_diff: Largest difference of the float ``.tflite`` from Keras.
+      instructions: TFLM instructions per inference (`None` if not counted).
+      sparsity: The weight sparsity statistics.
+      representative_samples: Calibration images used.
+      files: The files of the export besides the two reports.
+
+    Returns:
+      The report dict (what ``report.json`` holds).
+    """
+    return {
+        "name": name,
+        "model_name": model.name,
+        "keras": "tf_keras (Keras 2)" if USE_LEGACY_KERAS else "Keras 3",
+        "input_shape": list(input_shape),
+        "classes": classes,
+        "labels": None if labels is None else list(labels),
+        "macs": int(model_profile.macs),
+        "params": int(model_profile.params),
+        "quantize": quantize,
+        "weight_quantization": weight_quantization,
+        "flash_bytes": len(compact_model.model),
+        "int8_standard_bytes": len(int8_tflite),
+        "compact": {
+            "saved_bytes": compact_model.saved_bytes,
+            "zero_points_collapsed": compact_model.zero_points_collapsed,
+            "bias_quantizations_dropped": compact_model.bias_quantizations_dropped,
+            "note": _COMPACT_NOTE,
+        },
+        "int8_zlib_bytes": len(zlib.compress(compact_model.model, 9)),
+        "float_tflite_bytes": len(float_tflite),
+        "arena_bytes": int(arena_bytes),
+        "arena": {
+            "min_bytes": arena.min_bytes,
+            "recommended_bytes": arena.recommended_bytes,
+            "margin": arena.margin,
+            "probes": arena.probes,
+            "measured_on": "host (64-bit) TFLite Micro from the tflite-micro package",
+        },
+        "float_top1": float_top1,
+        "int8_top1": int8_top1,
+        "accuracy": accuracy,
+        "tflm_bit_exact": bit_exact,
+        "float_tflite_max_abs_diff": float_tflite_max_abs_diff,
+        "tflm_instructions_per_inference": instructions,
+        "sparsity": sparsity,
+        "ops": flatbuffer.op_histogram(int8_tflite),
+        "io": io,
+        "representative_samples": representative_samples,
+        "files": [*files, "report.json", "report.md"],
+    }
 
 
 def _pct(value: float | None) -> str:

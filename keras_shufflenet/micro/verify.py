@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_worker.py")
-_EXIT_TFLM_ERROR = 3
-_EXIT_NO_FIT = 4
+_EXIT_NO_FIT = 4  # tflm_worker.EXIT_NO_FIT (the worker is run by path, not imported).
 # TFLM aligns every arena allocation to 16 bytes; a finer search is meaningless.
 ARENA_ALIGNMENT = 16
-# The margin added to the measured minimum must stay below this (the issue's bound).
+# The margin added to the measured minimum must stay below this: a larger one
+# would hide a wrong measurement rather than cover a 32-bit target's bookkeeping.
 MAX_ARENA_MARGIN = 0.25
 _PROBE_TIMEOUT_S = 120
 
@@ -239,6 +239,73 @@ def compare_bit_exact(
     }
 
 
+# Kernel Eval function (its unqualified name in the TFLM library) -> op type.
+_EVAL_TO_OP = {
+    "ConvEval": "CONV_2D",
+    "DepthwiseConvEval": "DEPTHWISE_CONV_2D",
+    "AddEval": "ADD",
+    "TransposeEval": "TRANSPOSE",
+    "EvalReshapeReference": "RESHAPE",
+    "ReluEval": "RELU",
+    "Relu6Eval": "RELU6",
+    "MaxEval": "MAX_POOL_2D",
+    "AverageEval": "AVERAGE_POOL_2D",
+    "ConcatenationEval": "CONCATENATION",
+    "EvalMean": "MEAN",
+    "FullyConnectedEval": "FULLY_CONNECTED",
+    "SoftmaxEval": "SOFTMAX",
+    "QuantizeEval": "QUANTIZE",
+    "DequantizeEval": "DEQUANTIZE",
+    "PadEval": "PAD",
+}
+_ANNOTATE_LINE = re.compile(
+    r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
+)
+# What no kernel's Eval accounts for: the interpreter's loop over the ops.
+INTERPRETER = "(interpreter)"
+
+
+@dataclasses.dataclass
+class InstructionCount:
+    """Instructions of one TFLM invoke, counted by callgrind.
+
+    Attributes:
+      total: Instructions inside ``MicroInterpreter::Invoke()``.
+      by_op: Inclusive instructions of each op type's kernel Eval function,
+        and the rest under ``"(interpreter)"``.
+    """
+
+    total: int
+    by_op: dict[str, int]
+
+
+def _callgrind(model_path: str, arena_bytes: int, sample: np.ndarray, out_file: str, timeout: float) -> int:
+    """Runs one invoke under callgrind, writing ``out_file``; returns the instructions inside ``Invoke()``."""
+    scratch = os.path.dirname(out_file)
+    inputs_path = os.path.join(scratch, "inputs.npy")
+    np.save(inputs_path, sample[None])
+    command = [
+        shutil.which("valgrind") or "valgrind",
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=tflite::micro::MicroInterpreter::Invoke()",
+        "--toggle-collect=tflite::MicroInterpreter::Invoke()",
+        f"--callgrind-out-file={out_file}",
+        sys.executable,
+        _WORKER,
+        "run",
+        model_path,
+        str(int(arena_bytes)),
+        inputs_path,
+        os.path.join(scratch, "outputs.npy"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    match = re.search(r"Collected\s*:\s*(\d+)", result.stderr)
+    if result.returncode != 0 or not match or int(match.group(1)) == 0:
+        raise TFLMError(f"Counting instructions with callgrind failed: {_describe_failure(result)}")
+    return int(match.group(1))
+
+
 def count_instructions(model_path: str, arena_bytes: int, sample: np.ndarray, timeout: float = 600) -> int | None:
     """Instructions of one TFLM invoke on this host, counted with valgrind's callgrind.
 
@@ -246,35 +313,51 @@ def count_instructions(model_path: str, arena_bytes: int, sample: np.ndarray, ti
     They are x86-64 instructions of TFLM's reference kernels, a relative cost,
     not a Cortex-M cycle count.
 
+    Args:
+      model_path: The int8 ``.tflite`` file.
+      arena_bytes: Tensor arena size.
+      sample: One input ``(H, W, C)`` of the model's input dtype.
+      timeout: Seconds before the run is killed.
+
     Returns:
       The count, or None when valgrind is not installed.
 
     Raises:
       TFLMError: If the run under valgrind fails.
     """
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
+    if shutil.which("valgrind") is None:
         return None
     with tempfile.TemporaryDirectory(prefix="tflm_callgrind_") as scratch:
-        inputs_path = os.path.join(scratch, "inputs.npy")
-        np.save(inputs_path, sample[None])
-        command = [
-            valgrind,
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=tflite::micro::MicroInterpreter::Invoke()",
-            "--toggle-collect=tflite::MicroInterpreter::Invoke()",
-            f"--callgrind-out-file={os.path.join(scratch, 'callgrind.out')}",
-            sys.executable,
-            _WORKER,
-            "run",
-            model_path,
-            str(int(arena_bytes)),
-            inputs_path,
-            os.path.join(scratch, "outputs.npy"),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        match = re.search(r"Collected\s*:\s*(\d+)", result.stderr)
-        if result.returncode != 0 or not match:
-            raise TFLMError(f"Counting instructions with callgrind failed: {_describe_failure(result)}")
-        return int(match.group(1))
+        return _callgrind(model_path, arena_bytes, sample, os.path.join(scratch, "callgrind.out"), timeout)
+
+
+def count_instructions_by_op(
+    model_path: str, arena_bytes: int, sample: np.ndarray, timeout: float = 600
+) -> InstructionCount | None:
+    """:func:`count_instructions`, split per op type with ``callgrind_annotate --inclusive=yes``.
+
+    Returns:
+      An :class:`InstructionCount`, or None when valgrind is not installed.
+
+    Raises:
+      TFLMError: If the run under valgrind fails.
+    """
+    if shutil.which("valgrind") is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="tflm_callgrind_") as scratch:
+        out_file = os.path.join(scratch, "callgrind.out")
+        total = _callgrind(model_path, arena_bytes, sample, out_file, timeout)
+        annotate = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", out_file],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    by_op: dict[str, int] = {}
+    for line in annotate.splitlines():
+        parsed = _ANNOTATE_LINE.match(line)
+        if parsed and parsed.group(2) in _EVAL_TO_OP:
+            op = _EVAL_TO_OP[parsed.group(2)]
+            by_op[op] = by_op.get(op, 0) + int(parsed.group(1).replace(",", ""))
+    by_op[INTERPRETER] = total - sum(by_op.values())
+    return InstructionCount(total, by_op)
