@@ -28,13 +28,21 @@ _PUBLIC = {
 __all__ = ["ChannelShuffle", "ShuffleNet", "ShuffleUnit", "preprocess_input", "profile"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def lazy_attributes(module_name: str, public: dict[str, str]) -> tuple[Any, Any]:
+    """A module's ``__getattr__`` and ``__dir__`` that import each of ``public`` (name -> module) on first use."""
+    module_globals = vars(importlib.import_module(module_name))
+
+    def get_attribute(name: str) -> Any:
+        if name in public:
+            value = getattr(importlib.import_module(public[name]), name)
+            module_globals[name] = value
+            return value
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    def list_attributes() -> list[str]:
+        return sorted([*module_globals, *public])
+
+    return get_attribute, list_attributes
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

@@ -18,6 +18,13 @@ Sources:
   without ``train/``, with ``PATH/<class>/*``) a seeded, per-class held-out
   fraction of the training images is the eval split. Files that cannot be
   read or decoded are skipped and counted, not a crash.
+
+The pipeline's settings are :class:`~keras_shufflenet.training.config.PipelineConfig`
+(defined with the rest of the configuration, TensorFlow-free).
+
+Why one module of over 400 lines: reading a source and the pipelines on it
+share the image helpers (decode, resize, crop) and the DataSource contract;
+split apart, each half would import the other's private helpers.
 """
 
 from __future__ import annotations

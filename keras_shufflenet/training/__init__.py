@@ -18,8 +18,7 @@ be read without importing TensorFlow.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from keras_shufflenet import lazy_attributes
 
 _PUBLIC = {
     "ConfigError": "keras_shufflenet.training.config",
@@ -34,13 +33,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
