@@ -21,7 +21,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 from keras_shufflenet import ShuffleNet, preprocess_input
 from keras_shufflenet.datasets import mnist5k
-from keras_shufflenet.micro import c_sources, export, firmware
+from keras_shufflenet.micro import c_sources, export, firmware, instruction_count, tflm_app
 
 TREE = firmware.default_tflm_tree()
 needs_tree = pytest.mark.skipif(
@@ -168,7 +168,7 @@ def test_record_in_run_sizes_the_32bit_arena_and_reports_every_result(quickstart
 
 def test_no_tree_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TFLM_TREE", raising=False)
-    monkeypatch.setattr(firmware, "DEFAULT_TREE", "/nonexistent/tflm")
+    monkeypatch.setattr(tflm_app, "DEFAULT_TREE", "/nonexistent/tflm")
     with pytest.raises(firmware.FirmwareError, match="No TFLM source tree: set TFLM_TREE"):
         firmware.resolve_tree(None, "reference")
 
@@ -231,7 +231,7 @@ def test_trace_counter_counts_blocks_between_the_markers():
         log += ["----------------", "IN: f"] + [f"0x{pc + 2 * i:08x}:  bf00  nop" for i in range(n)] + [""]
     for pc in (0x100, 0x200, 0x300, 0x400, 0x400, 0x500, 0x600, 0x300, 0x400, 0x500, 0x210, 0x400):
         log.append(f"Trace 0: 0x7f0000000000 [00800400/{pc:016x}/00000000/00000200] f")
-    counter = firmware._trace_counter()
+    counter = instruction_count._trace_counter()
     out = subprocess.run(
         [counter, "200", "210", "300", "500"], input="\n".join(log) + "\n", capture_output=True, text=True, check=True
     ).stdout.split("\n")
