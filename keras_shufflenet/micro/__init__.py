@@ -20,8 +20,13 @@ Modules, one concept each:
   bit-exactness, arena search, instruction counts;
 * :mod:`~keras_shufflenet.micro.c_sources`: the C sources of ``tflm/``;
 * :mod:`~keras_shufflenet.micro.report`: ``report.json`` and ``report.md``;
-* :mod:`~keras_shufflenet.micro.firmware`: builds ``tflm/`` for a host or
-  Cortex-M target and runs it in qemu.
+* :mod:`~keras_shufflenet.micro.firmware`: the firmware step (build, run,
+  check against the host, measure, record in the run), on
+  :mod:`~keras_shufflenet.micro.tflm_app` (builds ``tflm/`` for a host or
+  Cortex-M target against a TFLM tree and runs it, in qemu for Cortex-M),
+  :mod:`~keras_shufflenet.micro.elf_size` (flash and RAM of the ELF) and
+  :mod:`~keras_shufflenet.micro.instruction_count` (instructions per
+  ``Invoke()`` and per operator, from qemu's trace).
 """
 
 from keras_shufflenet.micro.export import export
