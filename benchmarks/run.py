@@ -1,7 +1,7 @@
 """Runs every benchmark and writes the report (``make bench``).
 
 Usage:
-  python -m benchmarks.run --output=docs/benchmarks.md [--sections=fidelity,keras,tflite,tflm]
+  python -m benchmarks.run --output=docs/benchmarks.md [--sections=fidelity,keras,tflite,tflm,firmware]
 
 The plot goes next to the report (``docs/benchmarks_cost_vs_macs.png``).
 """
@@ -17,7 +17,7 @@ from typing import Any
 # Quiet TensorFlow's C++ start-up logging; must be set before it is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import fidelity, keras_speed, plots, tflite_latency, tflm_cost  # noqa: E402
+from benchmarks import fidelity, firmware_cost, keras_speed, plots, tflite_latency, tflm_cost  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     MOBILENET_050,
     SHUFFLENET_1X_G3,
@@ -26,7 +26,7 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
 )
 
-SECTIONS = ("fidelity", "keras", "tflite", "tflm")
+SECTIONS = ("fidelity", "keras", "tflite", "tflm", "firmware")
 PLOT_NAME = "benchmarks_cost_vs_macs.png"
 
 
@@ -95,9 +95,12 @@ def _where_instructions_go(tflm: dict[Any, tflm_cost.TFLMCost]) -> str:
     )
 
 
-def _goals(keras_results: Any, tflite_results: Any, tflm: Any) -> str:
+def _goals(keras_results: Any, tflite_results: Any, tflm: Any, firmware: Any = None) -> str:
     """The deployment-efficiency goals, each with its measured ratio."""
     rows = []
+    if firmware:
+        for name, ratio in firmware_cost.goal_ratios(firmware).items():
+            rows.append([f"Cortex-M4, CMSIS-NN: ShuffleNet 0.5x g3 / MobileNet a=0.25, {name}", "≤ 1", f"{ratio:.2f}"])
     if tflm and tflm_cost.SHUFFLENET_05X_G3 in tflm and tflm_cost.MOBILENET_VWW in tflm:
         s, m = tflm[tflm_cost.SHUFFLENET_05X_G3], tflm[tflm_cost.MOBILENET_VWW]
         ratio = s.instructions_per_mac / m.instructions_per_mac
@@ -145,6 +148,7 @@ def main() -> None:
         "keras": keras_speed.run,
         "tflite": tflite_latency.run,
         "tflm": tflm_cost.run,
+        "firmware": firmware_cost.run,
     }
     for name in SECTIONS:
         if name not in sections:
@@ -168,6 +172,7 @@ def main() -> None:
         "keras": "2. Keras float32 on the CPU",
         "tflite": "3. TFLite on the CPU (float32 and int8, 1 thread)",
         "tflm": "4. TFLite Micro, 96×96×3, 2 classes (MLPerf Tiny visual wake words)",
+        "firmware": "5. The firmware on emulated Cortex-M4/M7/M55 cores (96×96×3, 2 classes)",
     }
     lines = [
         "# Benchmarks: ShuffleNet beside MobileNet and the paper",
@@ -184,11 +189,11 @@ def main() -> None:
         machine,
         "",
     ]
-    if any(name in results for name in ("keras", "tflite", "tflm")):
+    if any(name in results for name in ("keras", "tflite", "tflm", "firmware")):
         lines += [
             "## Deployment-efficiency goals",
             "",
-            _goals(results.get("keras"), results.get("tflite"), results.get("tflm")),
+            _goals(results.get("keras"), results.get("tflite"), results.get("tflm"), results.get("firmware")),
             "",
         ]
     for name in SECTIONS:
