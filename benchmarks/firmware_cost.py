@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/firmware.md")
     parser.add_argument("--cores", default=",".join(CORES))
     parser.add_argument("--reference_cores", default="cortex-m4", help="Cores where reference kernels are counted.")
-    parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--work_dir", default=None, help="Keep the exports and builds here (default: a temporary folder).")
+    parser.add_argument("--json", default=None, help="Also write every result to this JSON file.")
     args = parser.parse_args(argv)
     cores = args.cores.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,8 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(tmp_path, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
     os.replace(tmp_path, args.output)
-    with open(os.path.splitext(args.output)[0] + ".json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1, default=str)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1, default=str)
     print(text)
     return 0
 
