@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/firmware.md")
     parser.add_argument("--cores", default=",".join(CORES))
     parser.add_argument("--reference_cores", default="cortex-m4", help="Cores where reference kernels are counted.")
-    parser.add_argument("--work_dir", default=None, help="Keep the exports and builds here (default: a temporary folder).")
+    parser.add_argument("--work_dir", default=None, help="Keep exports and builds here (default: a temp folder).")
     parser.add_argument("--json", default=None, help="Also write every result to this JSON file.")
     args = parser.parse_args(argv)
     cores = args.cores.split(",")
