@@ -122,7 +122,7 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
     each group's matmul is one ordinary GEMM.
 
     :func:`keras_shufflenet.ShuffleNet` uses it for grouped 1x1 convolutions
-    under Keras 3. The TFLite export (:mod:`keras_shufflenet.micro.convert`)
+    under Keras 3. The TFLite export graph (:mod:`keras_shufflenet.micro.graph`)
     swaps it back to ``Conv2D``, whose grouped CONV_2D is what TFLite and
     TFLite Micro run; under tf_keras (tensorflow-model-optimization) the
     builder uses ``Conv2D`` directly.

@@ -110,7 +110,10 @@ def test_cortex_m4_reference_kernels_are_bit_identical_and_measured(quickstart_r
     # that works: build_and_measure rebuilt and ran with exactly that.
     assert result["arena_used_bytes"] < quickstart_run["report"]["arena"]["min_bytes"]
     assert result["arena_min_bytes"] == -(-result["arena_used_bytes"] // 16) * 16
-    assert result["ram_bytes"] >= result["bss_bytes"] > result["arena_used_bytes"]
+    assert result["arena_min_bytes_checked"]
+    assert result["bss_bytes"] > result["arena_bytes"] >= result["arena_min_bytes"]
+    static = result["data_bytes"] + result["bss_bytes"] - result["arena_bytes"]
+    assert result["ram_bytes"] == static + result["arena_min_bytes"] + result["stack_bytes"]
     assert 0 < result["stack_bytes"] < 16_384
     elf = quickstart_run["dir"] / "firmware" / "cortex-m4_reference" / "shufflenet"
     assert (elf.parent / "shufflenet.map").stat().st_size > 0

@@ -93,8 +93,8 @@ def build_and_measure(
       count: Count instructions per ``Invoke()`` (Cortex-M targets; slow with
         the reference kernels, about a minute per 100 M instructions).
       check_arena: Rebuild with the arena the target used, rounded up to 16
-        bytes, and run once: it is the smallest that works
-        (``arena_min_bytes``); an error if it does not run.
+        bytes (``arena_min_bytes``), and run once: an error if that
+        smallest arena does not work.
 
     Raises:
       FirmwareError: The build or run failed, or an output differs from the
@@ -132,19 +132,25 @@ def build_and_measure(
         "arena_bytes": out.arena_bytes,
         "arena_used_bytes": out.arena_used_bytes,
         "stack_bytes": out.stack_bytes,
-        # Static RAM (data + bss, the arena inside bss) plus the measured stack.
-        "ram_bytes": sizes["data_bytes"] + sizes["bss_bytes"] + (out.stack_bytes or 0),
+        # TFLM aligns both ends of the arena to 16 bytes, so the smallest arena
+        # that works is the used bytes rounded up to 16 (check_arena shows it).
+        "arena_min_bytes": -(-out.arena_used_bytes // 16) * 16,
+        # RAM with the arena at that size: data + bss (whose arena is the
+        # built one) less the built arena plus the smallest, plus the measured
+        # stack. It does not depend on the kTensorArenaSize of the build.
+        "ram_bytes": sizes["data_bytes"]
+        + sizes["bss_bytes"]
+        - out.arena_bytes
+        + -(-out.arena_used_bytes // 16) * 16
+        + (out.stack_bytes or 0),
         "instructions_per_invoke": None,
         "ops": len(out.ops),
     }
-    if check_arena and out.arena_used_bytes:
-        # TFLM aligns both ends of the arena to 16 bytes, so the smallest arena
-        # that works is the used bytes rounded up to 16.
-        smallest = -(-out.arena_used_bytes // 16) * 16
+    if check_arena:
         exact = build(model_dir, target, kernels, os.path.join(output_dir, "arena_check"), tflm_tree,
-                      arena_size=smallest)  # fmt: skip
+                      arena_size=result["arena_min_bytes"])  # fmt: skip
         run(exact["elf"], target, inferences=1)
-        result["arena_min_bytes"] = smallest
+        result["arena_min_bytes_checked"] = True
     if count and target != "host":
         start = time.monotonic()
         counted = count_instructions(built["elf"], target)
