@@ -202,6 +202,18 @@ def test_an_operator_the_tree_lacks_is_named(quickstart_run, tmp_path):
 
 @pytest.mark.slow
 @needs_tree
+def test_a_tflm_version_with_another_api_is_named(quickstart_run, tmp_path):
+    # A tree whose MicroInterpreter lacks arena_used_bytes(), which setup() calls.
+    tree = tmp_path / "tree"
+    shutil.copytree(firmware.resolve_tree(TREE, "reference"), tree)
+    header = tree / "tensorflow" / "lite" / "micro" / "micro_interpreter.h"
+    header.write_text(header.read_text().replace("size_t arena_used_bytes() const", "size_t used_bytes() const"))
+    with pytest.raises(firmware.FirmwareError, match="does not compile against this TFLM tree.*arena_used_bytes"):
+        firmware.build(str(quickstart_run["dir"] / "tflm"), "host", "reference", str(tmp_path / "build"), str(tree))
+
+
+@pytest.mark.slow
+@needs_tree
 def test_an_arena_too_small_for_the_target_is_an_error(quickstart_run, tmp_path):
     built = firmware.build(str(quickstart_run["dir"] / "tflm"), "host", "reference", str(tmp_path), TREE, 4096)
     with pytest.raises(firmware.FirmwareError, match="tensor arena is too small on this target"):
