@@ -114,6 +114,9 @@ def build_and_measure(
     sizes = elf_sizes(built["elf"], target)
     diffs = [s["max_int8_diff"] for s in out.samples]
     top_matches = all(s["top_class"] == s["host_top_class"] for s in out.samples)
+    # TFLM aligns both ends of the arena to 16 bytes, so the smallest arena
+    # that works is the used bytes rounded up to 16 (check_arena shows it).
+    arena_min = -(-out.arena_used_bytes // 16) * 16
     result: dict[str, Any] = {
         "target": target,
         "kernels": kernels,
@@ -132,17 +135,11 @@ def build_and_measure(
         "arena_bytes": out.arena_bytes,
         "arena_used_bytes": out.arena_used_bytes,
         "stack_bytes": out.stack_bytes,
-        # TFLM aligns both ends of the arena to 16 bytes, so the smallest arena
-        # that works is the used bytes rounded up to 16 (check_arena shows it).
-        "arena_min_bytes": -(-out.arena_used_bytes // 16) * 16,
+        "arena_min_bytes": arena_min,
         # RAM with the arena at that size: data + bss (whose arena is the
         # built one) less the built arena plus the smallest, plus the measured
         # stack. It does not depend on the kTensorArenaSize of the build.
-        "ram_bytes": sizes["data_bytes"]
-        + sizes["bss_bytes"]
-        - out.arena_bytes
-        + -(-out.arena_used_bytes // 16) * 16
-        + (out.stack_bytes or 0),
+        "ram_bytes": sizes["data_bytes"] + sizes["bss_bytes"] - out.arena_bytes + arena_min + (out.stack_bytes or 0),
         "instructions_per_invoke": None,
         "ops": len(out.ops),
     }
