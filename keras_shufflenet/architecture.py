@@ -1,7 +1,9 @@
-"""ShuffleNet v1 as data: the paper's Table 1 and one rule for widths.
+"""ShuffleNet v1 as data: the paper's Table 1, its variants, and one rule for widths.
 
 Reference: Zhang et al., "ShuffleNet: An Extremely Efficient Convolutional
-Neural Network for Mobile Devices", CVPR 2018, arXiv:1707.01083, Table 1.
+Neural Network for Mobile Devices", CVPR 2018, arXiv:1707.01083: Table 1
+(the network), Table 2 (scales), Sec. 4.2 and Table 5 (the shallow and the
+squeeze-and-excitation variants).
 
 Everything the builder needs to know about the architecture is derived here,
 so a change of architecture is a change of this table.
@@ -28,7 +30,30 @@ FIRST_STAGE: int = 2  # stages are numbered 2, 3, 4 as in the paper.
 
 STEM_CHANNELS_1X: int = 24  # conv1: 3x3, stride 2.
 BOTTLENECK_RATIO: float = 0.25  # "bottleneck channels ... 1/4 of the output".
-MIN_INPUT_SIZE: int = 32  # five stride-2 steps leave at least 1x1.
+
+# The stem for each output stride (input size / final feature map size):
+# (conv1 stride, whether the 3x3/2 max pool follows). 32 is the paper's
+# ImageNet stem; 16 drops the max pool and 8 also runs conv1 at stride 1,
+# for microcontroller images of 32-96 px that the paper's stem would reduce
+# to a 1x1-3x3 map. Stages 2-4 always halve the size three times.
+STEM_LAYOUTS: dict[int, tuple[int, bool]] = {32: (2, True), 16: (2, False), 8: (1, False)}
+OUTPUT_STRIDES: tuple[int, ...] = tuple(sorted(STEM_LAYOUTS))
+DEFAULT_OUTPUT_STRIDE: int = 32
+MIN_INPUT_SIZE: int = DEFAULT_OUTPUT_STRIDE  # the paper's stem leaves at least 1x1 from 32 px up.
+# The smallest final feature map the automatic choice accepts (output_stride_for).
+MIN_AUTO_FEATURE_MAP: int = 2
+
+# Sec. 4.2: "a 26-layer architecture by removing half of the blocks in
+# Stage 2-4" (conv1 + 8 units x 3 + classifier = 26 layers).
+SHALLOW_STAGE_REPEATS: tuple[int, int, int] = (2, 4, 2)
+# The paper names the shallow model after the budget it matches (0.5x, 40
+# MFLOPs, beside the deep 0.5x's 38) and gives no widths. A unit's cost grows
+# with the square of its width, so half the units at sqrt(2) times the width
+# keep the budget; with the stem rule below this gives 40.0 MFLOPs at "0.5x".
+SHALLOW_WIDTH_MULTIPLIER: float = math.sqrt(2.0)
+# Squeeze-and-excitation (Hu et al., 2018) on each unit's residual branch
+# (Table 5: 2x with SE, 527 MFLOPs beside 524): reduction ratio 16 as in SENet.
+SE_RATIO: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +82,34 @@ class UnitSpec:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
-    """The whole network: stem width and the unit list, in order."""
+    """The whole network: the stem and the unit list, in order.
+
+    Attributes:
+      groups: Groups of the pointwise convolutions.
+      scale_factor: The width multiplier asked for.
+      stem_channels: Width of conv1.
+      stage_out_channels: Output channels of Stages 2-4.
+      units: The units, in order.
+      output_stride: Input size over final feature-map size (8, 16 or 32).
+      conv1_strides: Stride of conv1 (1 or 2).
+      max_pool: Whether the 3x3/2 max pool follows conv1.
+      se_ratio: Squeeze-and-excitation reduction ratio of every unit's
+        branch; 0 without squeeze-and-excitation.
+    """
 
     groups: int
     scale_factor: float
     stem_channels: int
     stage_out_channels: tuple[int, int, int]
     units: tuple[UnitSpec, ...]
+    output_stride: int = DEFAULT_OUTPUT_STRIDE
+    conv1_strides: int = 2
+    max_pool: bool = True
+    se_ratio: int = 0
+
+    def final_feature_map(self, input_size: int) -> int:
+        """Height (or width) of Stage 4's output for an input of ``input_size`` ("same" padding rounds up)."""
+        return -(-input_size // self.output_stride)
 
 
 def make_divisible(value: float, divisor: int) -> int:
@@ -95,30 +141,76 @@ def stem_channels(groups: int, scale_factor: float) -> int:
     Follows the official implementation (megvii-model/ShuffleNet-Series),
     which does not scale the stem linearly: 24 at 1x and 1.5x, 48 at 2x, and
     12 (g3) or 16 (g8) at 0.5x. As a rule: ``24 * floor(s)`` for ``s >= 1``;
-    below 1x, ``24 * s`` rounded up to a multiple of ``groups`` so that the
-    first unit's branch (``stage2 - stem`` channels) splits into the groups.
+    from 0.5x to 1x, ``24 * s`` rounded up to a multiple of ``groups`` so that
+    the first unit's branch (``stage2 - stem`` channels) splits into the groups.
+
+    Below 0.5x the stem stops shrinking: it keeps 0.5x's 12 channels, rounded
+    down to a multiple of ``groups`` (8 for g = 8). Table 2 gives 13 MFLOPs
+    at 0.25x for every g; this rule gives 13.2-13.5 for g = 1-4 and 12.4 for
+    g = 8, whereas a stem scaled to 6-8 channels gives 11.0-12.4.
     """
     if scale_factor >= 1:
         return STEM_CHANNELS_1X * int(math.floor(scale_factor))
-    return groups * max(1, math.ceil(STEM_CHANNELS_1X * scale_factor / groups))
+    if scale_factor >= 0.5:
+        return groups * max(1, math.ceil(STEM_CHANNELS_1X * scale_factor / groups))
+    half_scale_stem = STEM_CHANNELS_1X // 2
+    return groups * max(1, half_scale_stem // groups)
 
 
-def network_spec(groups: int, scale_factor: float, stem: int | None = None) -> NetworkSpec:
+def output_stride_for(input_size: int) -> int:
+    """The output stride the trainer uses for square images of ``input_size``.
+
+    The largest of :data:`OUTPUT_STRIDES` that leaves a final feature map of
+    at least :data:`MIN_AUTO_FEATURE_MAP` pixels a side: the paper's stem
+    from 33 px up, no max pool from 17 px, conv1 at stride 1 below. At 32 px
+    the paper's stem leaves 1x1, where mnist5k's top-1 stalled near 0.84.
+
+    Raises:
+      ValueError: If ``input_size`` is not an integer >= 1.
+    """
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"`input_size` must be an integer >= 1. Received: input_size={input_size!r}")
+    for stride in sorted(OUTPUT_STRIDES, reverse=True):
+        if -(-input_size // stride) >= MIN_AUTO_FEATURE_MAP:
+            return stride
+    return min(OUTPUT_STRIDES)
+
+
+def describe_stem(output_stride: int) -> str:
+    """The stem of ``output_stride`` in words, e.g. ``"conv1 stride 2, no max pool"``."""
+    conv_stride, max_pool = STEM_LAYOUTS[output_stride]
+    return f"conv1 stride {conv_stride}, {'3x3/2 max pool' if max_pool else 'no max pool'}"
+
+
+def network_spec(
+    groups: int,
+    scale_factor: float,
+    stem: int | None = None,
+    output_stride: int = DEFAULT_OUTPUT_STRIDE,
+    shallow: bool = False,
+    se_ratio: int = 0,
+) -> NetworkSpec:
     """Expands Table 1 into the list of units for one configuration.
 
     Args:
       groups: Groups of the pointwise convolutions, one of ``ALLOWED_GROUPS``.
       scale_factor: Width multiplier "s x" of the paper, ``> 0``.
       stem: Channels of conv1; ``None`` applies :func:`stem_channels`.
+      output_stride: One of :data:`OUTPUT_STRIDES` (:data:`STEM_LAYOUTS`).
+      shallow: Sec. 4.2's shallow network: :data:`SHALLOW_STAGE_REPEATS`
+        units at :data:`SHALLOW_WIDTH_MULTIPLIER` times the widths.
+      se_ratio: Squeeze-and-excitation reduction ratio, 0 for none.
 
     Returns:
       The ``NetworkSpec``.
     """
-    widths = stage_out_channels(groups, scale_factor)
-    stem = stem_channels(groups, scale_factor) if stem is None else stem
+    width_scale = scale_factor * SHALLOW_WIDTH_MULTIPLIER if shallow else scale_factor
+    widths = stage_out_channels(groups, width_scale)
+    stem = stem_channels(groups, width_scale) if stem is None else stem
+    repeats_per_stage = SHALLOW_STAGE_REPEATS if shallow else STAGE_REPEATS
     units = []
     in_channels = stem
-    for stage_index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, widths, strict=True)):
+    for stage_index, (repeats, out_channels) in enumerate(zip(repeats_per_stage, widths, strict=True)):
         stage = FIRST_STAGE + stage_index
         for unit_index in range(repeats):
             first_unit = unit_index == 0
@@ -134,10 +226,15 @@ def network_spec(groups: int, scale_factor: float, stem: int | None = None) -> N
                 )
             )
             in_channels = out_channels
+    conv1_strides, max_pool = STEM_LAYOUTS[output_stride]
     return NetworkSpec(
         groups=groups,
         scale_factor=scale_factor,
         stem_channels=stem,
         stage_out_channels=widths,
         units=tuple(units),
+        output_stride=output_stride,
+        conv1_strides=conv1_strides,
+        max_pool=max_pool,
+        se_ratio=se_ratio,
     )

@@ -171,6 +171,7 @@ def _check_unit_args(
     strides: int,
     first_pointwise_grouped: bool,
     bottleneck_ratio: float,
+    se_ratio: int = 0,
 ) -> int:
     """Validates a unit's arguments; returns its bottleneck width."""
     if not isinstance(groups, int) or groups < 1:
@@ -198,6 +199,13 @@ def _check_unit_args(
     for what, count in checks:
         if count < 1 or count % groups:
             raise ValueError(f"The {what} ({count}) must be a positive multiple of `groups` ({groups}).")
+    if isinstance(se_ratio, bool) or not isinstance(se_ratio, int) or se_ratio < 0:
+        raise ValueError(f"`se_ratio` must be an integer >= 0 (0: no squeeze-and-excitation). Received: {se_ratio!r}")
+    if se_ratio and branch_channels // se_ratio < 1:
+        raise ValueError(
+            f"`se_ratio` {se_ratio} leaves no squeeze-and-excitation channels for a branch of {branch_channels} "
+            f"channels; it must be at most {branch_channels}."
+        )
     return bottleneck
 
 
@@ -210,6 +218,7 @@ def unit_layers(
     first_pointwise_grouped: bool = True,
     bottleneck_ratio: float = 0.25,
     shuffle: bool = True,
+    se_ratio: int = 0,
 ) -> dict[str, keras.layers.Layer]:
     """Creates the layers of one ShuffleNet unit (Fig. 2 b/c), by role.
 
@@ -224,6 +233,10 @@ def unit_layers(
       shuffle: Whether to shuffle channels after the first 1x1 convolution
         (off for Table 3's ablation; there is nothing to shuffle with one
         group).
+      se_ratio: Squeeze-and-excitation on the branch (Table 5's "with SE"):
+        global average pool, 1x1 conv to ``branch // se_ratio`` channels with
+        ReLU, 1x1 conv back with a sigmoid, times the branch; applied before
+        the add or concat, as SE-ResNet does. 0 for none.
 
     Returns:
       A dict from role (``"gconv1"``, ``"gconv1_bn"``, ...) to layer, in
@@ -232,7 +245,9 @@ def unit_layers(
     Raises:
       ValueError: If the channel counts do not split into the groups.
     """
-    bottleneck = _check_unit_args(in_channels, filters, groups, strides, first_pointwise_grouped, bottleneck_ratio)
+    bottleneck = _check_unit_args(
+        in_channels, filters, groups, strides, first_pointwise_grouped, bottleneck_ratio, se_ratio
+    )
     branch_channels = filters - in_channels if strides == 2 else filters
     L = keras.layers
 
@@ -256,6 +271,17 @@ def unit_layers(
     layers["dwconv_bn"] = bn("dwconv_bn")  # No ReLU after the depthwise conv.
     layers["gconv2"] = pointwise_conv(branch_channels, groups, f"{prefix}_gconv2")
     layers["gconv2_bn"] = bn("gconv2_bn")
+    if se_ratio:
+        layers["se_pool"] = L.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}_se_pool")
+        layers["se_reduce"] = L.Conv2D(
+            branch_channels // se_ratio,
+            1,
+            activation="relu",
+            kernel_initializer="he_normal",
+            name=f"{prefix}_se_reduce",
+        )
+        layers["se_expand"] = L.Conv2D(branch_channels, 1, activation="sigmoid", name=f"{prefix}_se_expand")
+        layers["se_scale"] = L.Multiply(name=f"{prefix}_se_scale")
     if strides == 1:
         layers["add"] = L.Add(name=f"{prefix}_add")
     else:
@@ -275,6 +301,9 @@ def apply_unit(layers: dict[str, keras.layers.Layer], inputs: Any) -> Any:
     for role in _BRANCH_ROLES:
         if role in layers:
             x = layers[role](x)
+    if "se_pool" in layers:
+        weights = layers["se_expand"](layers["se_reduce"](layers["se_pool"](x)))
+        x = layers["se_scale"]([x, weights])
     if "add" in layers:
         x = layers["add"]([inputs, x])
     else:
@@ -307,6 +336,8 @@ class ShuffleUnit(keras.layers.Layer):
       bottleneck_ratio: Bottleneck width as a fraction of ``filters``.
         Defaults to `0.25`.
       shuffle: Whether to shuffle channels. Defaults to `True`.
+      se_ratio: Squeeze-and-excitation reduction ratio on the branch; 0
+        (the default) for none.
       **kwargs: Standard layer arguments (``name``, ``dtype``, ...).
     """
 
@@ -318,6 +349,7 @@ class ShuffleUnit(keras.layers.Layer):
         first_pointwise_grouped: bool = True,
         bottleneck_ratio: float = 0.25,
         shuffle: bool = True,
+        se_ratio: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -329,6 +361,7 @@ class ShuffleUnit(keras.layers.Layer):
         self.first_pointwise_grouped = first_pointwise_grouped
         self.bottleneck_ratio = bottleneck_ratio
         self.shuffle = shuffle
+        self.se_ratio = se_ratio
         self._unit: dict[str, keras.layers.Layer] = {}
 
     def build(self, input_shape: Any) -> None:
@@ -343,6 +376,7 @@ class ShuffleUnit(keras.layers.Layer):
             first_pointwise_grouped=self.first_pointwise_grouped,
             bottleneck_ratio=self.bottleneck_ratio,
             shuffle=self.shuffle,
+            se_ratio=self.se_ratio,
         )
         shape = tuple(input_shape)
         for role, layer in self._unit.items():
@@ -350,6 +384,9 @@ class ShuffleUnit(keras.layers.Layer):
                 # Built explicitly, so that saved weights load before a call.
                 layer.build(shape)
                 shape = tuple(layer.compute_output_shape(shape))
+        if "se_reduce" in self._unit:
+            self._unit["se_reduce"].build((shape[0], 1, 1, shape[-1]))
+            self._unit["se_expand"].build((shape[0], 1, 1, self._unit["se_reduce"].filters))
         super().build(input_shape)
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -371,4 +408,5 @@ class ShuffleUnit(keras.layers.Layer):
             "first_pointwise_grouped": self.first_pointwise_grouped,
             "bottleneck_ratio": self.bottleneck_ratio,
             "shuffle": self.shuffle,
+            "se_ratio": self.se_ratio,
         }

@@ -24,7 +24,7 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
 
 
-def _resolve_input_shape(input_shape: Any, input_tensor: Any) -> tuple[Any, Any, Any]:
+def _resolve_input_shape(input_shape: Any, input_tensor: Any, output_stride: int) -> tuple[Any, Any, Any]:
     """Returns (H, W, C) from the arguments; 224x224x3 when neither is given."""
     if input_tensor is not None:
         shape = tuple(input_tensor.shape)
@@ -41,9 +41,14 @@ def _resolve_input_shape(input_shape: Any, input_tensor: Any) -> tuple[Any, Any,
         raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={shape}")
     height, width, channels = shape
     for name, size in (("height", height), ("width", width)):
-        if size is not None and size < architecture.MIN_INPUT_SIZE:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))):
+            raise ValueError(f"`input_shape` {name} must be None or an integer. Received: input_shape={shape}")
+        if size is not None and size < output_stride:
             raise ValueError(
-                f"`input_shape` {name} must be None or >= {architecture.MIN_INPUT_SIZE}. Received: input_shape={shape}"
+                f"`input_shape` {name} must be None or >= {output_stride}: with output_stride={output_stride} "
+                f"({architecture.describe_stem(output_stride)}) a {size}-pixel side leaves a final feature map "
+                f"smaller than 1x1. Received: input_shape={shape}; use a larger input or a smaller output_stride "
+                f"(one of {architecture.OUTPUT_STRIDES})."
             )
     if channels is None or channels < 1:
         raise ValueError(f"`input_shape` must have a known channel count >= 1. Received: input_shape={shape}")
@@ -62,6 +67,10 @@ def ShuffleNet(
     scale_factor: float = 1.0,
     shuffle: bool = True,
     stem_channels: int | None = None,
+    output_stride: int = architecture.DEFAULT_OUTPUT_STRIDE,
+    shallow: bool = False,
+    squeeze_excite: bool = False,
+    se_ratio: int = architecture.SE_RATIO,
     name: str | None = None,
 ) -> keras.Model:
     """Instantiates the ShuffleNet v1 architecture.
@@ -73,7 +82,10 @@ def ShuffleNet(
     The network follows Table 1 of the paper: conv1 3x3/2 -> max pool 3x3/2
     -> Stages 2, 3, 4 of 4, 8, 4 ShuffleNet units (the first of each with
     stride 2) -> global average pool -> classifier. The first pointwise
-    convolution of Stage 2 is not grouped. Widths are Table 1's times
+    convolution of Stage 2 is not grouped. For small images,
+    ``output_stride`` 16 drops the max pool and 8 also runs conv1 at stride
+    1 (:data:`keras_shufflenet.architecture.STEM_LAYOUTS`). ``shallow`` and
+    ``squeeze_excite`` build Table 5's variants. Widths are Table 1's times
     ``scale_factor``, rounded to multiples of ``4 * groups``
     (:func:`keras_shufflenet.architecture.stage_out_channels`); conv1 follows
     the official implementation (:func:`~keras_shufflenet.architecture.stem_channels`).
@@ -94,7 +106,7 @@ def ShuffleNet(
       input_tensor: Optional Keras tensor (output of ``keras.Input()``) to use
         as the image input. Defaults to `None`.
       input_shape: ``(height, width, channels)``; height and width may be
-        `None` or any size >= 32, channels any count >= 1. Defaults to
+        `None` or any size >= ``output_stride``, channels any count >= 1. Defaults to
         ``(224, 224, 3)``.
       pooling: With ``include_top=False``: `None` (4D feature map), ``"avg"``
         or ``"max"`` global pooling. Defaults to `None`.
@@ -109,6 +121,19 @@ def ShuffleNet(
         ablation). Defaults to `True`.
       stem_channels: Width of conv1; `None` applies the documented rule.
         Defaults to `None`.
+      output_stride: Input size over the final feature map's size: 32 (the
+        paper's stem), 16 (no max pool) or 8 (no max pool, conv1 at stride
+        1). The smaller, the larger the feature maps and the MACs (about 4x
+        per halving). Inputs must be at least ``output_stride`` pixels a
+        side. Defaults to `32`.
+      shallow: Sec. 4.2's shallow network (26 layers: 2, 4, 2 units) at
+        sqrt(2) times the widths, which keeps the complexity of the deep
+        network at the same ``scale_factor`` (0.5x g3: 40 MFLOPs). Defaults
+        to `False`.
+      squeeze_excite: Squeeze-and-excitation on every unit's branch
+        (Table 5: 2x g3 with SE, 527 MFLOPs). Defaults to `False`.
+      se_ratio: Reduction ratio of the squeeze-and-excitation blocks, an
+        integer >= 1 that leaves at least one channel. Defaults to `16`.
       name: Model name. Defaults to ``"shufflenet_{scale}x_g{groups}"``.
 
     Returns:
@@ -137,8 +162,24 @@ def ShuffleNet(
             )
     if include_top and classifier_activation is not None:
         keras.activations.get(classifier_activation)  # Raises for an unknown name.
-    shape = _resolve_input_shape(input_shape, input_tensor)
-    spec = architecture.network_spec(groups, scale_factor, stem_channels)
+    if isinstance(output_stride, bool) or output_stride not in architecture.OUTPUT_STRIDES:
+        raise ValueError(
+            f"`output_stride` must be one of {architecture.OUTPUT_STRIDES}. Received: output_stride={output_stride!r}"
+        )
+    for flag_name, flag in (("shallow", shallow), ("squeeze_excite", squeeze_excite)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"`{flag_name}` must be True or False. Received: {flag_name}={flag!r}")
+    if squeeze_excite:
+        _check_positive_int("se_ratio", se_ratio)
+    shape = _resolve_input_shape(input_shape, input_tensor, output_stride)
+    spec = architecture.network_spec(
+        groups,
+        scale_factor,
+        stem_channels,
+        output_stride=output_stride,
+        shallow=shallow,
+        se_ratio=int(se_ratio) if squeeze_excite else 0,
+    )
 
     if input_tensor is None:
         img_input = keras.Input(shape=shape, name="image")
@@ -151,7 +192,7 @@ def ShuffleNet(
     x = L.Conv2D(
         spec.stem_channels,
         3,
-        strides=2,
+        strides=spec.conv1_strides,
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
@@ -159,7 +200,8 @@ def ShuffleNet(
     )(img_input)
     x = batch_norm("conv1_bn")(x)
     x = L.ReLU(name="conv1_relu")(x)
-    x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    if spec.max_pool:
+        x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
     for unit in spec.units:
         layers = unit_layers(
             unit.name,
@@ -170,6 +212,7 @@ def ShuffleNet(
             first_pointwise_grouped=unit.first_pointwise_grouped,
             bottleneck_ratio=architecture.BOTTLENECK_RATIO,
             shuffle=shuffle,
+            se_ratio=spec.se_ratio,
         )
         x = apply_unit(layers, x)
 
@@ -184,6 +227,8 @@ def ShuffleNet(
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     if name is None:
         name = f"shufflenet_{scale_factor:g}x_g{groups}"
+        name += "_shallow" * shallow + "_se" * squeeze_excite
+        name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
         model.load_weights(weights)

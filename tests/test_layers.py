@@ -199,6 +199,8 @@ def test_shuffle_unit_bottleneck_ratio():
         ({"filters": 24, "groups": 3, "strides": 2}, 24, "must exceed"),
         ({"filters": 20, "groups": 3}, 20, r"\(5\).*`groups` \(3\)"),
         ({"filters": 24, "groups": 3, "bottleneck_ratio": 1.5}, 24, "bottleneck_ratio=1.5"),
+        ({"filters": 24, "groups": 3, "se_ratio": -1}, 24, "`se_ratio` must be an integer >= 0"),
+        ({"filters": 24, "groups": 3, "se_ratio": 32}, 24, "`se_ratio` 32 leaves no squeeze-and-excitation channels"),
     ],
 )
 def test_shuffle_unit_rejects_bad_arguments(kwargs, in_channels, message):
@@ -210,11 +212,14 @@ def test_shuffle_unit_config_and_saving_round_trip(tmp_path, rng):
     inputs = keras.Input((8, 8, 24))
     x = ShuffleUnit(48, groups=3, strides=2, first_pointwise_grouped=False, name="unit_a")(inputs)
     x = ShuffleUnit(48, groups=3, bottleneck_ratio=0.5, shuffle=False, name="unit_b")(x)
+    x = ShuffleUnit(48, groups=3, se_ratio=4, name="unit_c")(x)
     model = keras.Model(inputs, x)
     unit = model.get_layer("unit_a")
     config = unit.get_config()
     for key, value in {"filters": 48, "groups": 3, "strides": 2, "first_pointwise_grouped": False}.items():
         assert config[key] == value
+    assert model.get_layer("unit_c").get_config()["se_ratio"] == 4
+    assert model.get_layer("unit_c")._unit["se_reduce"].filters == 12
     assert json.dumps(ShuffleUnit.from_config(config).get_config(), sort_keys=True) == json.dumps(
         config, sort_keys=True
     )

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
-from keras_shufflenet import ShuffleNet
+from keras_shufflenet import ShuffleNet, profile
 from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.micro import UnsupportedOpError, c_sources, compact, convert, export, flatbuffer, graph, verify
@@ -460,3 +460,25 @@ def test_channel_shuffle_exports_as_a_transpose_of_at_most_four_dimensions(expor
         if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() == schema_fb.BuiltinOperator.TRANSPOSE:
             ranks.append(graph.Tensors(op.Inputs(0)).ShapeLength())
     assert ranks and max(ranks) <= 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs, expected_ops",
+    [
+        ({"output_stride": 16}, {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"}),
+        ({"output_stride": 8}, {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"}),
+        ({"output_stride": 16, "shallow": True}, {"CONV_2D", "ADD"}),
+        ({"output_stride": 16, "squeeze_excite": True}, {"MEAN", "LOGISTIC", "MUL"}),
+    ],
+    ids=["os16", "os8", "shallow", "squeeze_excite"],
+)
+def test_small_input_and_table5_variants_export_bit_exact_in_tflm(kwargs, expected_ops, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=INPUT_SHAPE, classes=CLASSES, scale_factor=0.25, groups=3, **kwargs)
+    calibration, _ = _images(32, seed=1)
+    report = export(model, [calibration], str(tmp_path / "run"), num_representative=32, num_verify=8, name="variant")
+    assert report["tflm_bit_exact"]["bit_exact"] and report["tflm_bit_exact"]["samples"] == 8
+    assert expected_ops <= set(report["ops"])
+    assert "MAX_POOL_2D" not in report["ops"]  # the small-input stems have no max pool
+    assert report["macs"] == profile(model).macs

@@ -72,7 +72,11 @@ def test_table1_widths_and_complexity(groups):
         (8, 0.5, 40, 0.02),  # Official: 40M (its stem is 16 channels).
         (1, 0.5, 38, 0.02),
         (2, 0.5, 38, 0.03),
-        (3, 0.25, 13, 0.16),
+        # 0.25x: the stem keeps 0.5x's 12 channels (8 for g8); all within 5 %.
+        (1, 0.25, 13, 0.05),
+        (2, 0.25, 13, 0.05),
+        (3, 0.25, 13, 0.05),
+        (4, 0.25, 13, 0.05),
         (8, 0.25, 13, 0.05),
     ],
 )
@@ -93,6 +97,85 @@ def test_official_flops_and_params(groups, scale):
     trainable_without_bias = result.trainable_params - 1000
     assert abs(trainable_without_bias / 1e6 - official_mparams) <= 0.05
     assert model.count_params() == GOLDEN_PARAMS[(groups, scale)]
+
+
+def test_stem_stops_shrinking_below_half_scale():
+    # Table 2's 13 MFLOPs at 0.25x need 0.5x's 12-channel stem (a multiple of g: 8 for g8).
+    assert {g: architecture.stem_channels(g, 0.25) for g in (1, 2, 3, 4, 8)} == {1: 12, 2: 12, 3: 12, 4: 12, 8: 8}
+    assert architecture.stem_channels(3, 0.1) == 12
+    assert architecture.stem_channels(3, 0.49) <= architecture.stem_channels(3, 0.5)
+
+
+# Table 5 of the paper (MFLOPs), with this implementation's exact parameter counts.
+TABLE5_VARIANTS = {
+    "0.5x shallow g3": ({"scale_factor": 0.5, "groups": 3, "shallow": True}, 40, 898_996),
+    "2x g3 with SE": ({"scale_factor": 2.0, "groups": 3, "squeeze_excite": True}, 527, 7_959_043),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(TABLE5_VARIANTS))
+def test_table5_variants_complexity_and_params(variant):
+    kwargs, paper_mflops, golden_params = TABLE5_VARIANTS[variant]
+    model = ShuffleNet(**kwargs)
+    result = profile(model)
+    assert abs(result.macs / 1e6 - paper_mflops) / paper_mflops < 0.03
+    assert model.count_params() == golden_params
+
+
+def test_shallow_variant_has_26_layers_of_half_the_units():
+    model = ShuffleNet(scale_factor=0.5, groups=3, shallow=True, input_shape=(64, 64, 3), classes=10)
+    units = sorted({layer.name.rsplit("_gconv1", 1)[0] for layer in model.layers if layer.name.endswith("_gconv1")})
+    assert units == ["stage2_unit1", "stage2_unit2", "stage3_unit1", "stage3_unit2", "stage3_unit3",
+                     "stage3_unit4", "stage4_unit1", "stage4_unit2"]  # fmt: skip
+    weighted = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))
+    ]
+    assert len(weighted) == 26  # conv1 + 8 units x (gconv1, depthwise, gconv2) + classifier
+    # sqrt(2) x 0.5x's widths (120, 240, 480), rounded to multiples of 12.
+    assert architecture.network_spec(3, 0.5, shallow=True).stage_out_channels == (168, 336, 684)
+
+
+def test_squeeze_excite_scales_each_branch_by_a_sigmoid_of_its_mean():
+    model = ShuffleNet(scale_factor=0.25, groups=3, squeeze_excite=True, input_shape=(32, 32, 3), classes=4)
+    reduce, expand = model.get_layer("stage3_unit2_se_reduce"), model.get_layer("stage3_unit2_se_expand")
+    assert (reduce.filters, expand.filters) == (120 // 16, 120)
+    branch = keras.Model(model.input, model.get_layer("stage3_unit2_gconv2_bn").output)
+    scaled = keras.Model(model.input, model.get_layer("stage3_unit2_se_scale").output)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    b = branch(x).numpy()
+    w1, b1 = reduce.get_weights()
+    w2, b2 = expand.get_weights()
+    squeezed = np.maximum(b.mean(axis=(1, 2)) @ w1[0, 0] + b1, 0)
+    excitation = 1 / (1 + np.exp(-(squeezed @ w2[0, 0] + b2)))
+    np.testing.assert_allclose(scaled(x).numpy(), b * excitation[:, None, None, :], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "output_stride, conv1_strides, max_pool, final_map",
+    [(32, 2, True, 2), (16, 2, False, 4), (8, 1, False, 8)],
+)
+def test_output_stride_sets_the_stem_and_the_final_map(output_stride, conv1_strides, max_pool, final_map):
+    model = ShuffleNet(include_top=False, input_shape=(64, 64, 1), scale_factor=0.25, output_stride=output_stride)
+    assert tuple(model.get_layer("conv1").strides) == (conv1_strides, conv1_strides)
+    assert any(layer.name == "maxpool" for layer in model.layers) == max_pool
+    assert model.output_shape[1:3] == (final_map, final_map) == (64 // output_stride, 64 // output_stride)
+
+
+def test_default_output_stride_is_the_papers():
+    assert architecture.DEFAULT_OUTPUT_STRIDE == 32
+    model = ShuffleNet(input_shape=(224, 224, 3))
+    assert model.get_layer("maxpool") is not None and tuple(model.get_layer("conv1").strides) == (2, 2)
+    assert model.name == "shufflenet_1x_g3"
+
+
+@pytest.mark.parametrize(
+    "size, stride", [(8, 8), (16, 8), (17, 16), (28, 16), (32, 16), (33, 32), (48, 32), (64, 32), (96, 32), (224, 32)]
+)
+def test_automatic_output_stride_leaves_at_least_two_by_two(size, stride):
+    assert architecture.output_stride_for(size) == stride
+    assert -(-size // stride) >= 2 or stride == 8
 
 
 def test_official_stem_widths():
@@ -207,8 +290,21 @@ def test_weights_from_path_and_config_round_trip(tmp_path):
         ({"groups": 5}, r"`groups` must be one of \(1, 2, 3, 4, 8\). Received: groups=5"),
         ({"scale_factor": 0}, "scale_factor=0"),
         ({"scale_factor": -1.0}, "scale_factor=-1.0"),
-        ({"input_shape": (31, 64, 3)}, r"height must be None or >= 32. Received: input_shape=\(31, 64, 3\)"),
+        ({"input_shape": (31, 64, 3)}, r"height must be None or >= 32: with output_stride=32 .*\(31, 64, 3\)"),
         ({"input_shape": (64, 16, 3)}, "width must be None or >= 32"),
+        ({"input_shape": (15, 64, 3), "output_stride": 16}, r"height must be None or >= 16: with output_stride=16"),
+        ({"input_shape": (7, 7, 1), "output_stride": 8}, "smaller than 1x1"),
+        ({"input_shape": (32.5, 32, 3)}, "must be None or an integer"),
+        ({"output_stride": 4}, r"`output_stride` must be one of \(8, 16, 32\). Received: output_stride=4"),
+        ({"output_stride": True}, "output_stride=True"),
+        ({"shallow": 1}, "`shallow` must be True or False. Received: shallow=1"),
+        ({"squeeze_excite": "yes"}, "squeeze_excite='yes'"),
+        ({"squeeze_excite": True, "se_ratio": 0}, "se_ratio=0"),
+        ({"squeeze_excite": True, "se_ratio": 2.5}, "se_ratio=2.5"),
+        (
+            {"squeeze_excite": True, "se_ratio": 1000, "scale_factor": 0.25},
+            "`se_ratio` 1000 leaves no squeeze-and-excitation channels",
+        ),
         ({"weights": "imagenet"}, "weights='imagenet'"),
         ({"classes": 0}, "classes=0"),
         ({"pooling": "min", "include_top": False}, "pooling='min'"),

@@ -137,7 +137,10 @@ def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
         ({"strategy": "horovod"}, "strategy must be one of"),
         ({"groups": 5}, r"groups must be one of \(1, 2, 3, 4, 8\). Received: groups=5"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"input_size": 16}, "input_size must be >= 32"),
+        ({"input_size": 7}, "input_size must be >= 8 for ShuffleNet with any output stride. Received: input_size=7"),
+        ({"input_size": 16, "output_stride": 32}, "input_size must be >= 32 for ShuffleNet with output_stride=32"),
+        ({"output_stride": 4}, r"output_stride must be one of \(0, 8, 16, 32\). Received: output_stride=4"),
+        ({"shallow": "yes"}, "shallow must be True or False"),
         ({"label_smoothing": 1.5}, "label_smoothing must be in"),
         ({"quantize": "int4"}, "quantize must be one of"),
         ({"weight_quantization": "per_layer"}, "weight_quantization must be one of"),
@@ -147,6 +150,24 @@ def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
 def test_bad_config_values_are_named(changes: dict[str, object], message: str) -> None:
     with pytest.raises(training.ConfigError, match=message):
         training.TrainConfig().replace(**changes).validate()
+
+
+@pytest.mark.parametrize(
+    "input_size, output_stride, line",
+    [
+        (32, 0, "Input 32x32: output stride 16 (conv1 stride 2, no max pool), final feature map 2x2 (chosen for"),
+        (56, 0, "Input 56x56: output stride 32 (conv1 stride 2, 3x3/2 max pool), final feature map 2x2 (chosen"),
+        (16, 0, "Input 16x16: output stride 8 (conv1 stride 1, no max pool), final feature map 2x2 (chosen"),
+        (32, 8, "Input 32x32: output stride 8 (conv1 stride 1, no max pool), final feature map 4x4 (set by"),
+    ],
+)
+def test_the_trainer_chooses_and_names_the_stem_for_the_input_size(input_size, output_stride, line) -> None:
+    config = training.TrainConfig().replace(input_size=input_size, output_stride=output_stride)
+    assert training.describe_configuration(config).startswith(line)
+    model = training.build_model(config, 10, 1)
+    expected_stride = output_stride or {32: 16, 56: 32, 16: 8}[input_size]
+    assert model.get_layer("conv1").strides[0] == (1 if expected_stride == 8 else 2)
+    assert any(layer.name == "maxpool" for layer in model.layers) == (expected_stride == 32)
 
 
 def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
@@ -274,8 +295,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     with open(os.path.join(model_dir, "checkpoints", "state.json"), encoding="utf-8") as f:
         state = json.load(f)
     assert state["epoch"] == 2 and state["checkpoint"] == "epoch-0002"
-    with pytest.raises(training.ConfigError, match="trained with optimizer=adam; resume with --optimizer=adam"):
+    with pytest.raises(
+        training.ConfigError, match="trained with optimizer='adam', not 'sgd'; resume with --optimizer=adam"
+    ):
         training.train(diverging.replace(optimizer="sgd"))
+    # A stem change keeps every weight's shape: only the recorded flags can refuse it.
+    with pytest.raises(
+        training.ConfigError, match="trained with output_stride=16, not 32; resume with --output_stride=16"
+    ):
+        training.train(diverging.replace(output_stride=32))
+    with pytest.raises(training.ConfigError, match="trained with groups=3, not 2"):
+        training.train(diverging.replace(groups=2))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
 

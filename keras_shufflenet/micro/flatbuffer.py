@@ -146,6 +146,23 @@ def op_histogram(tflite_model: bytes) -> dict[str, int]:
     return counts
 
 
+def output_elements_by_op(tflite_model: bytes) -> dict[str, int]:
+    """Elements written by each operator type, summed over the graph (batch 1).
+
+    For CONV_2D, DEPTHWISE_CONV_2D and ADD every one of them is a
+    requantization (a 32-bit accumulator or sum scaled back to int8), which on
+    a microcontroller costs tens of instructions however few MACs led to it.
+    """
+    model = model_object(tflite_model)
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            name = op_name(model.operatorCodes[op.opcodeIndex])
+            shape = subgraph.tensors[op.outputs[0]].shape
+            counts[name] = counts.get(name, 0) + int(np.prod(shape)) if shape is not None else counts.get(name, 0)
+    return counts
+
+
 def int8_weight_zero_fraction(tflite_model: bytes) -> float:
     """Fraction of zeros among the int8 filters of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
     model = model_object(tflite_model)

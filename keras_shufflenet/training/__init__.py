@@ -25,6 +25,7 @@ _PUBLIC = {
     "TrainConfig": "keras_shufflenet.training.config",
     "TrainingDivergedError": "keras_shufflenet.training.loop",
     "build_model": "keras_shufflenet.training.loop",
+    "describe_configuration": "keras_shufflenet.training.loop",
     "evaluate": "keras_shufflenet.training.loop",
     "load_saved_model": "keras_shufflenet.training.loop",
     "train": "keras_shufflenet.training.loop",

@@ -208,6 +208,14 @@ class TrainConfig:
     scale_factor: float = option(
         0.5, "Width multiplier 's' of the paper (0.25, 0.5, 1, 1.5, 2, ...).", interval="(0, inf)"
     )
+    output_stride: int = option(
+        0,
+        "Input size over the final feature map's: 32 (the paper's stem), 16 (no max pool), 8 (conv1 at stride 1 "
+        "too); 0 chooses from --input_size (the largest leaving at least 2x2).",
+        choices=(0, *architecture.OUTPUT_STRIDES),
+    )
+    shallow: bool = option(False, "The paper's shallow ShuffleNet (26 layers at sqrt(2) times the widths).")
+    squeeze_excite: bool = option(False, "Squeeze-and-excitation on every unit's branch (ratio 16).")
     optimizer: str = option("adam", "sgd (with --momentum) or adam.", choices=OPTIMIZERS)
     learning_rate: float = option(0.005, "Peak learning rate (after warmup).", interval="(0, inf)")
     lr_schedule: str = option("cosine", "Decay to 0 over the run, or constant.", choices=LR_SCHEDULES)
@@ -241,8 +249,15 @@ class TrainConfig:
             raise bad_value("dataset", self.dataset, "a TFDS name or 'folder:PATH'")
         if not self.model_dir:
             raise bad_value("model_dir", self.model_dir, "a directory path")
-        if self.data.input_size < architecture.MIN_INPUT_SIZE:
-            raise bad_value("input_size", self.data.input_size, f">= {architecture.MIN_INPUT_SIZE} for ShuffleNet")
+        smallest = self.output_stride or min(architecture.OUTPUT_STRIDES)
+        if self.data.input_size < smallest:
+            stem = f"output_stride={self.output_stride}" if self.output_stride else "any output stride"
+            raise bad_value("input_size", self.data.input_size, f">= {smallest} for ShuffleNet with {stem}")
+
+    @property
+    def resolved_output_stride(self) -> int:
+        """``output_stride``, or the one :func:`~keras_shufflenet.architecture.output_stride_for` chooses (0)."""
+        return self.output_stride or architecture.output_stride_for(self.data.input_size)
 
     @property
     def eval_batch(self) -> int:

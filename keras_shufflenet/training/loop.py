@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_shufflenet import data, portable_weights, run_dir
+from keras_shufflenet import architecture, data, portable_weights, run_dir
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.shufflenet import ShuffleNet
 from keras_shufflenet.training import checkpointing, distribute, optimization
@@ -35,6 +35,40 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
 
 
+def describe_configuration(config: TrainConfig) -> str:
+    """One line: the stem the run uses for its input size, and whether it was chosen automatically."""
+    size, stride = config.data.input_size, config.resolved_output_stride
+    final = -(-size // stride)
+    how = "set by --output_stride" if config.output_stride else "chosen for the input size; --output_stride overrides"
+    return (
+        f"Input {size}x{size}: output stride {stride} ({architecture.describe_stem(stride)}), "
+        f"final feature map {final}x{final} ({how})."
+    )
+
+
+# The flags a checkpoint must have been trained with to be resumed: they change
+# the network (some, like output_stride, without changing any weight's shape).
+_RESUME_FLAGS = ("optimizer", "groups", "scale_factor", "output_stride", "shallow", "squeeze_excite", "input_size")
+
+
+def _resume_state(config: TrainConfig) -> dict[str, Any]:
+    flat = config.flat()
+    state = {name: flat[name] for name in _RESUME_FLAGS}
+    state["output_stride"] = config.resolved_output_stride
+    return state
+
+
+def _check_resume(config: TrainConfig, state: dict[str, Any]) -> None:
+    """Refuses to resume a checkpoint trained with other network flags, naming them."""
+    expected = _resume_state(config)
+    for name in _RESUME_FLAGS:  # Checkpoints of older versions lack some of them.
+        if name in state and state[name] != expected[name]:
+            raise ConfigError(
+                f"the checkpoint in model_dir={config.model_dir!r} was trained with {name}={state[name]!r}, "
+                f"not {expected[name]!r}; resume with --{name}={state[name]} or use a new model_dir."
+            )
+
+
 def build_model(config: TrainConfig, num_classes: int, channels: int) -> keras.Model:
     """Builds the ShuffleNet of ``config`` for ``num_classes`` and ``channels``."""
     return ShuffleNet(
@@ -42,6 +76,9 @@ def build_model(config: TrainConfig, num_classes: int, channels: int) -> keras.M
         classes=num_classes,
         groups=config.groups,
         scale_factor=config.scale_factor,
+        output_stride=config.resolved_output_stride,
+        shallow=config.shallow,
+        squeeze_excite=config.squeeze_excite,
     )
 
 
@@ -165,6 +202,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         source.skipped_images,
     )
 
+    print(describe_configuration(config), flush=True)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     state = checkpointing.read_state(checkpoint_dir)
     resumed_from = int(state["epoch"]) if state else 0
@@ -178,18 +216,14 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if state:
             prefix = os.path.join(checkpoint_dir, state["checkpoint"])
-            if state.get("optimizer", config.optimizer) != config.optimizer:
-                raise ConfigError(
-                    f"the checkpoint in model_dir={config.model_dir!r} was trained with optimizer="
-                    f"{state['optimizer']}; resume with --optimizer={state['optimizer']} or use a new model_dir."
-                )
+            _check_resume(config, state)
             checkpoint.read(prefix).expect_partial()
             _log.info("Resuming from epoch %d (%s).", resumed_from, prefix)
 
         history: dict[str, list[Any]] = state["history"] if state else {}
         own_checkpoint_dir = os.path.join(output_dir, run_dir.CHECKPOINT_DIR)
         saver = checkpointing.EpochCheckpoint(
-            checkpoint, own_checkpoint_dir, history, extra_state={"optimizer": config.optimizer}
+            checkpoint, own_checkpoint_dir, history, extra_state=_resume_state(config)
         )
         callbacks = [saver]
         if _tensorboard_available():
@@ -288,6 +322,7 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
 __all__ = [
     "TrainingDivergedError",
     "build_model",
+    "describe_configuration",
     "evaluate",
     "load_saved_model",
     "load_source",
