@@ -17,7 +17,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from typing import Any  # noqa: E402
+
 from benchmarks.common import convert_int8, markdown_table, set_batch_norm_statistics, shufflenet  # noqa: E402
+from keras_shufflenet import ShuffleNet  # noqa: E402
+from keras_shufflenet.keras_compat import keras  # noqa: E402
 from keras_shufflenet.micro.compact import compact_for_tflm  # noqa: E402
 from keras_shufflenet.profiling import profile  # noqa: E402
 
@@ -38,6 +42,36 @@ PAPER_TOP1_ERROR: dict[tuple[float, int], float] = {
     (1.5, 3): 28.5,
     (2.0, 3): 26.3,
 }
+# Table 5's variants: builder arguments and the paper's ImageNet top-1 error (%).
+VARIANTS: tuple[tuple[dict[str, Any], float], ...] = (
+    ({"scale_factor": 0.5, "groups": 3, "shallow": True}, 42.8),
+    ({"scale_factor": 2.0, "groups": 3, "squeeze_excite": True}, 24.7),
+)
+
+
+def _variant(kwargs: dict[str, Any]) -> Any:
+    keras.utils.set_random_seed(0)
+    image = keras.Input(batch_shape=(1, *INPUT_SHAPE), name="image")
+    return ShuffleNet(input_tensor=image, weights=None, classes=CLASSES, **kwargs)
+
+
+def _row(call: str, model: Any, convert: bool, error: float | None) -> list[str]:
+    cost = profile(model)
+    flash = compact = "—"
+    if convert:
+        set_batch_norm_statistics(model)
+        tflite_model = convert_int8(model, num_samples=2)
+        flash = f"{len(tflite_model) / 1e6:.2f}"
+        compact = f"{len(compact_for_tflm(tflite_model).model) / 1e6:.2f}"
+    print(f"  zoo {call}: {cost.macs / 1e6:.1f} MMACs, flash {flash} MB", flush=True)
+    return [
+        f"`{call}`",
+        f"{cost.macs / 1e6:.1f}",
+        f"{cost.trainable_params / 1e6:.2f}",
+        flash,
+        compact,
+        f"{error:.1f}" if error is not None else "—",
+    ]
 
 
 def zoo_table(flash_groups: tuple[int, ...] = GROUPS) -> str:
@@ -50,27 +84,18 @@ def zoo_table(flash_groups: tuple[int, ...] = GROUPS) -> str:
     rows = []
     for groups in GROUPS:
         for scale in SCALES:
-            spec = shufflenet(scale, groups)
-            model = spec.build(INPUT_SHAPE, CLASSES, batch_size=1)
-            cost = profile(model)
-            flash = compact = "—"
-            if groups in flash_groups:
-                set_batch_norm_statistics(model)
-                tflite_model = convert_int8(model, num_samples=2)
-                flash = f"{len(tflite_model) / 1e6:.2f}"
-                compact = f"{len(compact_for_tflm(tflite_model).model) / 1e6:.2f}"
-            error = PAPER_TOP1_ERROR.get((scale, groups))
-            rows.append(
-                [
-                    f"`ShuffleNet(scale_factor={scale:g}, groups={groups})`",
-                    f"{cost.macs / 1e6:.1f}",
-                    f"{cost.trainable_params / 1e6:.2f}",
-                    flash,
-                    compact,
-                    f"{error:.1f}" if error is not None else "—",
-                ]
+            model = shufflenet(scale, groups).build(INPUT_SHAPE, CLASSES, batch_size=1)
+            call = f"ShuffleNet(scale_factor={scale:g}, groups={groups})"
+            rows.append(_row(call, model, groups in flash_groups, PAPER_TOP1_ERROR.get((scale, groups))))
+    for kwargs, error in VARIANTS:
+        call = (
+            "ShuffleNet("
+            + ", ".join(
+                f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in kwargs.items()
             )
-            print(f"  zoo {spec.label}: {cost.macs / 1e6:.1f} MMACs, flash {flash} MB", flush=True)
+            + ")"
+        )
+        rows.append(_row(call, _variant(kwargs), kwargs["groups"] in flash_groups, error))
     return markdown_table(
         ["model", "MMACs", "params (M)", "int8 flash (MB)", "TFLM flash (MB)", "paper's ImageNet top-1 error (%)"],
         rows,
@@ -105,7 +130,8 @@ def main() -> None:
         "int8 flash is the size of the full-int8 `.tflite` (per-channel weights, int8 input and output); TFLM flash "
         "is what `keras_shufflenet.micro.export` puts on the board (`compact_for_tflm`: the same model without the "
         "quantization bookkeeping TFLM never reads, bit-identical outputs). The "
-        "error column is the paper's ImageNet result for that configuration (Tables 2 and 5), not a measurement "
+        "error column is the paper's ImageNet result for that configuration (Tables 2 and 5; the last two rows are "
+        "Table 5's shallow and squeeze-and-excitation variants), not a measurement "
         "of this package. Written by `python -m benchmarks.zoo`."
     )
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)

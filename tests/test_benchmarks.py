@@ -62,3 +62,48 @@ def test_with_change_gives_the_percent_change_against_the_reference():
     assert with_change(12.0, None, 1) == "12.0"
     assert with_change(13.2, 12.0, 1) == "13.2 (+10 %)"
     assert with_change(7.5, 10.0, 2) == "7.50 (-25 %)"
+
+
+def test_small_inputs_report_marks_the_automatic_choice_and_every_row():
+    from benchmarks.small_inputs import report
+
+    row = {
+        "input_size": 32,
+        "output_stride": 16,
+        "automatic": True,
+        "final_map": 2,
+        "macs": 2_730_000,
+        "params": 254_158,
+        "arena_bytes": 50_000,
+        "flash_bytes": 300_000,
+        "float_top1": 0.975,
+        "int8_top1": 0.974,
+        "bit_exact": True,
+        "train_seconds": 200.0,
+    }
+    other = {**row, "output_stride": 32, "automatic": False, "final_map": 1, "int8_top1": 0.84, "bit_exact": False}
+    text = report([row, other])
+    lines = [line for line in text.splitlines() if line.startswith("| 32²")]
+    assert len(lines) == 2
+    assert "**16** (auto)" in lines[0] and "conv1 stride 2, no max pool" in lines[0] and "0.974" in lines[0]
+    assert "(auto)" not in lines[1] and "(not bit-exact)" in lines[1]
+
+
+def test_firmware_cost_explains_the_gap_with_requantized_outputs_per_mac():
+    from benchmarks.firmware_cost import _requantization_section
+
+    def entry(macs, conv, dw, add, instructions):
+        outputs = {"CONV_2D": conv, "DEPTHWISE_CONV_2D": dw, "ADD": add}
+        return {
+            "macs": macs,
+            "requantized_outputs": outputs,
+            "cortex-m4_cmsis_nn": {"instructions_per_invoke": instructions},
+        }
+
+    results = {
+        "A": entry(6_000_000, 200_000, 50_000, 50_000, 30_000_000),
+        "B": entry(6_000_000, 150_000, 50_000, 0, None),
+    }
+    lines = "\n".join(_requantization_section(results, "##")).splitlines()
+    rows = [line for line in lines if line.startswith("| A") or line.startswith("| B")]
+    assert rows[0].endswith("| 20.0 | 100.0 |") and rows[1].endswith("| 30.0 | – |")

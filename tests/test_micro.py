@@ -482,3 +482,18 @@ def test_small_input_and_table5_variants_export_bit_exact_in_tflm(kwargs, expect
     assert expected_ops <= set(report["ops"])
     assert "MAX_POOL_2D" not in report["ops"]  # the small-input stems have no max pool
     assert report["macs"] == profile(model).macs
+
+
+def test_output_elements_by_op_counts_every_residual_add(exported):
+    # Independent count from the architecture: each stride-1 unit adds one H x W x C map.
+    size = INPUT_SHAPE[0]
+    spec = network_spec(groups=3, scale_factor=0.25)
+    expected = 0
+    for unit in spec.units:
+        if unit.strides == 2:
+            size = -(-size // 2) if unit.name != "stage2_unit1" else -(-size // 8)
+        else:
+            expected += size * size * unit.filters
+    counts = flatbuffer.output_elements_by_op(_read(exported["dir"] / "tiny_int8.tflite"))
+    assert counts["ADD"] == expected
+    assert counts["CONV_2D"] > counts["ADD"] > 0

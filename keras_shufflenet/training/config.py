@@ -198,9 +198,11 @@ class TrainConfig:
         "train (resumes if model_dir has a checkpoint), eval, or export (the micro export of a trained model_dir).",
         choices=MODES,
     )
-    epochs: int = option(10, "Training epochs (ignored when --train_steps > 0).", interval="[1, inf)")
+    # The defaults train the default dataset (mnist5k at 32x32) to 0.975 top-1 in about 220 s on 2 CPU
+    # cores: small models on small data are limited by optimizer steps, hence batch 32 and Adam at 1e-2.
+    epochs: int = option(15, "Training epochs (ignored when --train_steps > 0).", interval="[1, inf)")
     train_steps: int = option(0, "Total training steps (rounded up to whole epochs); 0: --epochs.", interval="[0, inf)")
-    batch_size: int = option(128, "Global batch size, divisible by the number of replicas.", interval="[1, inf)")
+    batch_size: int = option(32, "Global batch size, divisible by the number of replicas.", interval="[1, inf)")
     eval_batch_size: int = option(0, "Eval batch size; 0 uses --batch_size.", interval="[0, inf)")
     groups: int = option(
         3, "Groups of the pointwise convolutions: 1, 2, 3, 4 or 8.", choices=architecture.ALLOWED_GROUPS
@@ -217,9 +219,9 @@ class TrainConfig:
     shallow: bool = option(False, "The paper's shallow ShuffleNet (26 layers at sqrt(2) times the widths).")
     squeeze_excite: bool = option(False, "Squeeze-and-excitation on every unit's branch (ratio 16).")
     optimizer: str = option("adam", "sgd (with --momentum) or adam.", choices=OPTIMIZERS)
-    learning_rate: float = option(0.005, "Peak learning rate (after warmup).", interval="(0, inf)")
+    learning_rate: float = option(0.01, "Peak learning rate (after warmup).", interval="(0, inf)")
     lr_schedule: str = option("cosine", "Decay to 0 over the run, or constant.", choices=LR_SCHEDULES)
-    warmup_epochs: float = option(1.0, "Linear learning-rate warmup from 0, in epochs.", interval="[0, inf)")
+    warmup_epochs: float = option(0.5, "Linear learning-rate warmup from 0, in epochs.", interval="[0, inf)")
     momentum: float = option(0.9, "SGD momentum.", interval="[0, 0.999]")
     weight_decay: float = option(
         4e-5, "L2 weight decay on conv and dense kernels (gradient += wd * kernel).", interval="[0, 1]"
