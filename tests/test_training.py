@@ -19,8 +19,8 @@ import tensorflow as tf
 import keras_shufflenet
 from keras_shufflenet import data, export_job, training
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.training import checkpointing, optimization
 from keras_shufflenet.training import config as config_lib
-from keras_shufflenet.training import optimization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "train", "main.py")
@@ -170,6 +170,35 @@ def test_the_trainer_chooses_and_names_the_stem_for_the_input_size(input_size, o
     assert any(layer.name == "maxpool" for layer in model.layers) == (expected_stride == 32)
 
 
+def _guard(tmp_path: os.PathLike) -> checkpointing.EpochCheckpoint:
+    guard = checkpointing.EpochCheckpoint(checkpoint=None, directory=str(tmp_path), history={})
+    guard.set_model(types.SimpleNamespace(stop_training=False))
+    guard.on_epoch_begin(0)
+    return guard
+
+
+def test_divergence_guard_stops_on_a_finite_loss_that_explodes(tmp_path: os.PathLike) -> None:
+    guard = _guard(tmp_path)
+    guard.on_train_batch_end(0, {"loss": 2.3})  # the bound: 100x the first batch's loss
+    assert guard.loss_bound == pytest.approx(230.0)
+    guard.on_train_batch_end(1, {"loss": 50.0})
+    assert guard.diverged_at is None and not guard.model.stop_training
+    guard.on_train_batch_end(2, {"loss": 3.2e12})
+    assert guard.diverged_at == (1, 3) and guard.model.stop_training
+    assert guard.divergence.startswith("loss exploded to 3.2e+12, more than 100x")
+    guard.on_epoch_end(0, {"loss": 3.2e12})  # nothing is saved (checkpoint=None would fail)
+    assert guard.last_saved_epoch is None and not os.listdir(tmp_path)
+
+
+def test_divergence_guard_bound_is_at_least_100_and_stops_on_a_nan_validation_loss(tmp_path: os.PathLike) -> None:
+    guard = _guard(tmp_path)
+    guard.on_train_batch_end(0, {"loss": 0.01})
+    assert guard.loss_bound == pytest.approx(100.0)
+    guard.on_epoch_end(0, {"loss": 0.5, "val_loss": float("nan")})
+    assert guard.diverged_at == (1, 0) and guard.divergence == "validation loss became NaN or infinite"
+    assert guard.last_saved_epoch is None and not os.listdir(tmp_path)
+
+
 def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
     two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
     config = training.TrainConfig(model_dir=str(tmp_path), batch_size=33, verbose=0)
@@ -289,7 +318,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     # Adam moves every weight by about the learning rate: 1e30 overflows at once.
     diverging = config.replace(model_dir=model_dir, epochs=4, learning_rate=1e30)
     with pytest.raises(
-        training.TrainingDivergedError, match=r"NaN or infinite at epoch 3.*Last good checkpoint: epoch 2"
+        training.TrainingDivergedError,
+        match=r"(NaN or infinite|exploded to .*) at epoch 3, step \d+.*Last good checkpoint: epoch 2",
     ):
         training.train(diverging)
     with open(os.path.join(model_dir, "checkpoints", "state.json"), encoding="utf-8") as f:
@@ -308,6 +338,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         training.train(diverging.replace(groups=2))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, learning_rate", [("adam", 1e4), ("sgd", 1e6)])
+def test_a_diverging_run_saves_no_model(optimizer: str, learning_rate: float, tmp_path: os.PathLike) -> None:
+    root = str(tmp_path / "data")
+    make_pattern_folder(root)
+    config = tiny_config(root, str(tmp_path / "run"), optimizer=optimizer, learning_rate=learning_rate, epochs=3)
+    with pytest.raises(training.TrainingDivergedError, match=r"(NaN or infinite|exploded).* at epoch 1"):
+        training.train(config)
+    for name in ("model.keras", "weights.npz", "metrics.json"):
+        assert not os.path.exists(os.path.join(config.model_dir, name))
+    assert not os.path.exists(os.path.join(config.model_dir, "checkpoints", "epoch-0001.index"))
 
 
 @pytest.mark.slow

@@ -19,15 +19,22 @@ from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.training.config import ConfigError
 
 KEEP_CHECKPOINTS = 2
+# Training stops when the loss exceeds this many times its value on the first
+# batch (at least 1.0): a loss that explodes without reaching NaN, as Adam at
+# a huge learning rate does, whose weights would otherwise be saved.
+EXPLOSION_FACTOR = 100.0
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves weights and optimizer state after every epoch; guards against NaN.
+    """Saves weights and optimizer state after every epoch; guards against divergence.
 
     The checkpoint files are written first, then ``state.json`` is replaced
-    atomically, so a run killed at any moment resumes from a whole epoch. A
-    NaN or infinite loss stops training before anything is saved for that
-    epoch, so the last good checkpoint stays in place.
+    atomically, so a run killed at any moment resumes from a whole epoch.
+    Training stops before anything is saved for the epoch, so the last good
+    checkpoint stays in place, when the training loss is NaN or infinite or
+    exceeds :data:`EXPLOSION_FACTOR` times its first batch's value (at least
+    1), or when the validation loss is NaN or infinite. ``divergence`` then
+    says which, and ``diverged_at`` where.
 
     Args:
       checkpoint: A ``tf.train.Checkpoint`` of the model and optimizer.
@@ -52,6 +59,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history = history
         self.keep = keep
         self.diverged_at: tuple[int, int] | None = None
+        self.divergence = ""
+        self.loss_bound: float | None = None
         self.last_saved_epoch: int | None = None
         self._epoch = 0
         self._epoch_start = 0.0
@@ -62,17 +71,40 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
         self._epoch_start = self._last_batch_time = time.perf_counter()
 
+    def _diverged(self, loss: Any, what: str = "loss") -> str:
+        """Why ``loss`` means divergence, or ``""``."""
+        if loss is None:
+            return ""
+        value = float(loss)
+        if not math.isfinite(value):
+            return f"{what} became NaN or infinite"
+        if what == "loss" and self.loss_bound is not None and value > self.loss_bound:
+            return (
+                f"loss exploded to {value:.3g}, more than {EXPLOSION_FACTOR:g}x its first batch's value "
+                f"(bound {self.loss_bound:.3g})"
+            )
+        return ""
+
+    def _stop(self, reason: str, epoch: int, step: int) -> None:
+        self.divergence = reason
+        self.diverged_at = (epoch, step)
+        self.model.stop_training = True
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._last_batch_time = time.perf_counter()
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.diverged_at = (self._epoch + 1, batch + 1)
-            self.model.stop_training = True
+        if self.loss_bound is None and loss is not None and math.isfinite(float(loss)):
+            self.loss_bound = EXPLOSION_FACTOR * max(1.0, float(loss))
+        reason = self._diverged(loss)
+        if reason and self.diverged_at is None:
+            self._stop(reason, self._epoch + 1, batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
-        if self.diverged_at is not None or not math.isfinite(float(logs.get("loss", 0.0))):
-            self.diverged_at = self.diverged_at or (epoch + 1, 0)
+        reason = self._diverged(logs.get("loss")) or self._diverged(logs.get("val_loss"), "validation loss")
+        if self.diverged_at is not None or reason:
+            if self.diverged_at is None:
+                self._stop(reason, epoch + 1, 0)
             self.model.stop_training = True
             return
         # Training time of the epoch, without validation.

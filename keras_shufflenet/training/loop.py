@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss became NaN, infinite or exploded, or the validation loss NaN; the last good checkpoint was kept."""
 
 
 def describe_configuration(config: TrainConfig) -> str:
@@ -245,8 +245,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             epoch, step = saver.diverged_at
             kept = saver.last_saved_epoch or resumed_from
             where = f"epoch {kept} in {own_checkpoint_dir}" if kept else "none (first epoch)"
+            where_in_epoch = f"step {step}" if step else "its end"
             raise TrainingDivergedError(
-                f"loss became NaN or infinite at epoch {epoch}, step {step}; training stopped. "
+                f"{saver.divergence} at epoch {epoch}, {where_in_epoch}; training stopped. "
                 f"Last good checkpoint: {where}. Lower --learning_rate or check the data."
             )
         results = model.evaluate(eval_ds, verbose=0, return_dict=True)
