@@ -299,6 +299,19 @@ def _load_folder(dataset: str, channels: int, holdout_fraction: float, seed: int
     eval_labels = [lab for lab, good in zip(eval_labels, eval_ok, strict=True) if good]
     if not train_paths:
         raise DataError(f"image folder has no readable training images under {train_root}. Received: {dataset!r}")
+    # One class trains a model that always answers it and scores top-1 1.0; a class without
+    # training images is one the model can never learn.
+    if len(class_names) < 2:
+        raise DataError(
+            f"image folder has only one class ({class_names[0]!r} in {train_root}); a classifier needs at least "
+            f"two class subdirectories. Received: {dataset!r}"
+        )
+    unlearnable = [name for label, name in enumerate(class_names) if label not in set(train_labels)]
+    if unlearnable:
+        raise DataError(
+            f"image folder classes without a readable training image under {train_root}: {unlearnable}. "
+            f"Add images or remove the folders. Received: {dataset!r}"
+        )
 
     if eval_root is None:
         eval_split = "held-out"

@@ -201,6 +201,21 @@ def test_bad_datasets_are_refused_with_a_clear_error(
         data.load_source(dataset.format(empty=tmp_path), data_dir=data_dir)
 
 
+def test_a_one_class_folder_is_refused(tmp_path: os.PathLike) -> None:
+    make_folder(str(tmp_path), {"cat": 0}, per_class=4, test=2)
+    with pytest.raises(data.DataError, match="only one class \\('cat' in .*at least two class subdirectories"):
+        data.load_source(f"folder:{tmp_path}")
+
+
+def test_a_class_without_training_images_is_refused(tmp_path: os.PathLike) -> None:
+    make_folder(str(tmp_path), {"cat": 0, "dog": 1}, per_class=4)
+    os.makedirs(os.path.join(tmp_path, "train", "bird"))
+    with open(os.path.join(tmp_path, "train", "bird", "broken.png"), "wb") as handle:
+        handle.write(b"not an image")
+    with pytest.raises(data.DataError, match=r"classes without a readable training image .*\['bird'\]"):
+        data.load_source(f"folder:{tmp_path}")
+
+
 def test_pipeline_config_names_bad_values() -> None:
     with pytest.raises(ConfigError, match="augment must be one of .* Received: augment='crop'"):
         data.PipelineConfig(augment="crop")
