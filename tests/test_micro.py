@@ -270,6 +270,11 @@ def test_c_strings_escape_labels():
         ([np.zeros((2, 32, 32, 1), np.uint8)], "dtype: uint8"),
         ([np.full((2, 32, 32, 1), np.nan, np.float32)], "NaN"),
         ([], "no images"),
+        # Raw pixels that were not preprocessed: the int8 input would get scale 1.0.
+        (
+            [np.full((2, 32, 32, 1), 200.0, np.float32)],
+            r"`representative_data` holds values from 200 to 200, but a ShuffleNet takes images scaled to \[-1, 1\]",
+        ),
     ],
 )
 def test_bad_representative_data_is_refused_and_nothing_written(tiny_model, tmp_path, batches, message):
@@ -277,6 +282,26 @@ def test_bad_representative_data_is_refused_and_nothing_written(tiny_model, tmp_
     with pytest.raises(ValueError, match=message):
         export(tiny_model, batches, str(out))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unpreprocessed_eval_data_is_refused(tiny_model, tmp_path):
+    calibration, _ = _images(8, seed=1)
+    raw = (calibration + 1) * 127.5
+    eval_data = tf.data.Dataset.from_tensor_slices((raw, np.zeros(8, np.int64))).batch(4)
+    with pytest.raises(ValueError, match=r"`eval_data` holds values from 0\S* to 255, .*preprocess_input"):
+        export(tiny_model, [calibration], str(tmp_path / "run"), eval_data=eval_data)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_models_keep_their_own_input_range(tmp_path):
+    # Only a ShuffleNet is known to take [-1, 1]; a model with its own rescaling takes pixels.
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 1)).astype(np.float32)
+    report = export(model, [pixels], str(tmp_path / "run"), num_verify=2, name="pixels")
+    assert report["io"]["input"]["scale"] > 0.5  # about 255 / 256
 
 
 def test_unwritable_output_dir_is_refused(tiny_model, tmp_path):

@@ -89,13 +89,16 @@ class _Timer:
         self._started = now
 
 
-def _read_data(representative_data: Iterable[Any], eval_data: Iterable[Any] | None, options: ExportOptions) -> _Data:
+def _read_data(
+    model: Any, representative_data: Iterable[Any], eval_data: Iterable[Any] | None, options: ExportOptions
+) -> _Data:
     calibration = samples.representative_samples(representative_data, options.input_shape, options.num_representative)
+    samples.check_input_range(model, calibration, "representative_data")
     if eval_data is None:
         return _Data(calibration, None, None)
-    return _Data(
-        calibration, *samples.collect_labeled(eval_data, options.input_shape, options.classes, options.num_eval)
-    )
+    images, labels = samples.collect_labeled(eval_data, options.input_shape, options.classes, options.num_eval)
+    samples.check_input_range(model, images, "eval_data")
+    return _Data(calibration, images, labels)
 
 
 def _top1(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -344,7 +347,7 @@ def export(
     timer = _Timer()
     staging = run_dir.make_staging_dir(output_dir)
     try:
-        data = _read_data(representative_data, eval_data, options)
+        data = _read_data(model, representative_data, eval_data, options)
         timer.lap("read data")
         model_profile = profile(model)
         timer.lap("profile")

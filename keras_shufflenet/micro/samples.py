@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+# A ShuffleNet built by keras_shufflenet takes preprocess_input's [-1, 1]; a
+# little slack for interpolation and augmentation overshoot.
+SHUFFLENET_INPUT_RANGE = (-1.0, 1.0)
+_RANGE_SLACK = 0.05
+_SHUFFLENET_UNIT = re.compile(r"^stage\d+_unit\d+_gconv1$")
+
+
+def takes_preprocessed_input(model: Any) -> bool:
+    """Whether ``model`` is a :func:`keras_shufflenet.ShuffleNet` (whose input is ``preprocess_input``'s [-1, 1])."""
+    return any(_SHUFFLENET_UNIT.match(layer.name) for layer in getattr(model, "layers", []))
+
+
+def check_input_range(model: Any, images: np.ndarray, argument: str) -> None:
+    """Refuses images outside a ShuffleNet's [-1, 1] input range (pixels that were not preprocessed).
+
+    Raw 0..255 pixels calibrate the int8 input to scale 1.0, and the firmware
+    built from them is wrong while every check inside the export agrees with
+    itself, so they are refused, not quantized.
+
+    Raises:
+      ValueError: Naming ``argument``, the range received and the range allowed.
+    """
+    if not takes_preprocessed_input(model) or images.size == 0:
+        return
+    low, high = float(images.min()), float(images.max())
+    allowed_low, allowed_high = SHUFFLENET_INPUT_RANGE
+    if low < allowed_low - _RANGE_SLACK or high > allowed_high + _RANGE_SLACK:
+        raise ValueError(
+            f"`{argument}` holds values from {low:g} to {high:g}, but a ShuffleNet takes images scaled to "
+            f"[{allowed_low:g}, {allowed_high:g}] by keras_shufflenet.preprocess_input (pixels / 127.5 - 1). "
+            f"Pass preprocess_input(images)."
+        )
 
 
 def representative_samples(
