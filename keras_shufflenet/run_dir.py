@@ -9,14 +9,20 @@ Keras.
 ``model_dir`` after training (the chief worker's; other workers write the
 same under ``model_dir/workers/worker_<id>``):
 
-* ``flags.txt``: the resolved flags of ``train/main.py`` (itself a flagfile);
-* ``config.json``: the resolved :class:`~keras_shufflenet.training.config.TrainConfig`;
+* ``flags.txt``: the flags the model was trained with (itself a flagfile:
+  ``--flagfile=RUN/flags.txt`` reruns the training);
+* ``config.json``: the same, as the resolved :class:`~keras_shufflenet.training.config.TrainConfig`;
+* ``eval_flags.txt`` / ``export_flags.txt``: the flags of the last
+  ``--mode=eval`` / ``--mode=export`` run, beside the training record,
+  never over it;
 * ``checkpoints/state.json`` + ``checkpoints/epoch-NNNN.*``: the last
   completed epoch and the history so far;
 * ``logs/``: TensorBoard;
 * ``model.keras``, ``saved_model/`` and ``weights.npz``: the trained float32 model;
 * ``metrics.json`` (``eval_metrics.json`` after ``--mode=eval``), ``curves.png``;
 * after a micro export: the ``.tflite`` files, ``tflm/``, ``report.json`` and ``report.md``.
+
+A run that is refused (a bad flag, dataset or resume) writes none of them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 FLAGS_FILE = "flags.txt"
+MODE_FLAGS_FILES = {"train": FLAGS_FILE, "eval": "eval_flags.txt", "export": "export_flags.txt"}
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -88,6 +95,19 @@ def write_text(path: str, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_flags(directory: str, mode: str, flat_config: dict[str, Any]) -> str:
+    """Writes ``flat_config`` (flag name -> value) as the flagfile of a ``mode`` run; returns its path.
+
+    Training writes ``flags.txt``; evaluation and export write their own file
+    beside it (:data:`MODE_FLAGS_FILES`), so the training record is never
+    overwritten.
+    """
+    lines = [f"--{name}={value}" for name, value in flat_config.items() if value is not None]
+    path = os.path.join(directory, MODE_FLAGS_FILES[mode])
+    write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def write_json(path: str, payload: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -254,8 +255,7 @@ def test_cli_reads_a_flagfile_and_rejects_an_unknown_dataset_in_one_line(tmp_pat
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: dataset 'no_such_dataset_xyz' is not a TensorFlow Datasets name"), last
-    with open(os.path.join(tmp_path, "flags.txt"), encoding="utf-8") as f:
-        assert "--dataset=no_such_dataset_xyz" in f.read().splitlines()  # Resolved flags are written first.
+    assert sorted(os.listdir(tmp_path)) == ["bad.flags"]  # A refused run writes nothing.
 
 
 # ------------------------------------------------------------------ slow
@@ -296,6 +296,51 @@ def test_training_writes_metrics_model_checkpoint_and_plot(trained: tuple[traini
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)
     saved = tf.saved_model.load(os.path.join(config.model_dir, "saved_model"))
     np.testing.assert_allclose(saved.serve(images).numpy(), model.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_export_and_refused_runs_keep_the_training_record(
+    trained: tuple[training.TrainConfig, dict], tmp_path: os.PathLike
+) -> None:
+    original, _ = trained
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(original.model_dir, model_dir)
+    config = original.replace(model_dir=model_dir)
+
+    def record() -> dict[str, bytes]:
+        names = ("flags.txt", "config.json", "checkpoints/state.json", "weights.npz")
+        return {name: open(os.path.join(model_dir, name), "rb").read() for name in names}
+
+    trained_record = record()
+    with open(os.path.join(model_dir, "flags.txt"), encoding="utf-8") as f:
+        flags_txt = f.read().splitlines()
+    assert "--epochs=2" in flags_txt and "--mode=train" in flags_txt and "--output_stride=0" in flags_txt
+    # Refused: a resume with other groups, an export without quantization.
+    refused = run_main(config_flags(config.replace(groups=2, epochs=3)), timeout=240)
+    assert refused.returncode == 1 and "trained with groups=3, not 2" in refused.stderr.strip().splitlines()[-1]
+    refused = run_main(config_flags(config.replace(mode="export")), timeout=240)
+    assert refused.returncode == 1 and "needs --quantize" in refused.stderr
+    assert record() == trained_record
+    assert not os.path.exists(os.path.join(model_dir, "export_flags.txt"))
+    # Accepted: an evaluation records its flags beside the training record.
+    result = run_main(config_flags(config.replace(mode="eval")), timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert record() == trained_record
+    with open(os.path.join(model_dir, "eval_flags.txt"), encoding="utf-8") as f:
+        assert "--mode=eval" in f.read().splitlines()
+    # The training record is a flagfile that reproduces the run's configuration.
+    parsed = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv=['x', '--flagfile=' + sys.argv[1]]; "
+         "sys.path.insert(0, 'train'); import main; main.FLAGS(sys.argv); print(main.config_from_flags().flat())",
+         os.path.join(model_dir, "flags.txt")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert parsed.returncode == 0, parsed.stderr[-2000:]
+    assert ast.literal_eval(parsed.stdout.strip()) == original.flat()  # (recorded where it trained)
+    # Files of a run share one permission mode (weights.npz was once private).
+    modes = {name: os.stat(os.path.join(model_dir, name)).st_mode & 0o777 for name in os.listdir(model_dir)
+             if os.path.isfile(os.path.join(model_dir, name))}  # fmt: skip
+    assert len(set(modes.values())) == 1, modes
 
 
 @pytest.mark.slow

@@ -6,8 +6,10 @@ Usage:
 
 Every flag is a field of ``keras_shufflenet.training.config.TrainConfig`` (or
 of the pipeline and micro-export configs it nests), generated from its
-default, help text and allowed values. The resolved flags are written to
-``model_dir/flags.txt``, itself a flagfile. After training, ``--quantize``
+default, help text and allowed values. A training run records its flags in
+``model_dir/flags.txt`` (itself a flagfile); ``--mode=eval`` and
+``--mode=export`` record theirs beside it (``eval_flags.txt``,
+``export_flags.txt``); a refused run writes nothing. After training, ``--quantize``
 runs the micro export (``keras_shufflenet.export_job``). Multi-worker
 training and ``--mode=export`` with pruning or QAT need Keras 2 (tf_keras):
 for them the script restarts itself with ``TF_USE_LEGACY_KERAS=1`` before
@@ -58,12 +60,6 @@ def config_from_flags() -> config_lib.TrainConfig:
     return config_lib.TrainConfig.from_flat({name: FLAGS[name].value for name in CONFIG_FLAGS})
 
 
-def write_flagfile(model_dir: str) -> None:
-    """Writes the resolved flags to ``model_dir/flags.txt`` (atomically)."""
-    lines = [FLAGS[name].serialize() for name in CONFIG_FLAGS if FLAGS[name].value is not None]
-    run_dir.write_text(os.path.join(model_dir, run_dir.FLAGS_FILE), "\n".join(lines) + "\n")
-
-
 def _summary_line(metrics: dict[str, Any]) -> str:
     keys = ("eval_top1", "eval_top5", "train_images_per_sec", "wall_seconds")
     return " ".join(
@@ -89,8 +85,7 @@ def main(argv: list[str]) -> None:
 
     micro = None
     try:
-        write_flagfile(config.model_dir)
-        if config.mode == "train":
+        if config.mode == "train":  # training records flags.txt once the run is accepted
             strategy = distribute.make_strategy(config.strategy, config.tpu)
             metrics = loop.train(config, strategy)
             print(_summary_line(metrics))
@@ -99,8 +94,10 @@ def main(argv: list[str]) -> None:
                 micro = export_job.export_run(config)
         elif config.mode == "eval":
             print(_summary_line(loop.evaluate(config)))
+            run_dir.write_flags(config.model_dir, "eval", config.flat())
         else:
             micro = export_job.export_trained(config)
+            run_dir.write_flags(config.model_dir, "export", config.flat())
     except (config_lib.ConfigError, loop.TrainingDivergedError) as e:
         raise SystemExit(f"error: {e}") from None
     if micro:

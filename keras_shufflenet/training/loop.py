@@ -182,8 +182,6 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     # Workers other than the chief write to private directories so that
     # nothing collides on a shared file system; all read the chief's state.
     output_dir = run_dir.worker_dir(config.model_dir, is_chief, task_id)
-    os.makedirs(output_dir, exist_ok=True)
-    run_dir.write_json(os.path.join(output_dir, run_dir.CONFIG_FILE), config.flat())
 
     source = load_source(config)
     steps = data.steps_per_epoch(source.num_train, config.batch_size)
@@ -205,7 +203,13 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     print(describe_configuration(config), flush=True)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     state = checkpointing.read_state(checkpoint_dir)
+    if state:
+        _check_resume(config, state)
     resumed_from = int(state["epoch"]) if state else 0
+    # The run is accepted: record how the model is trained (a refused run writes nothing).
+    os.makedirs(output_dir, exist_ok=True)
+    run_dir.write_json(os.path.join(output_dir, run_dir.CONFIG_FILE), config.flat())
+    run_dir.write_flags(output_dir, "train", config.flat())
     with distribute.precision_policy(config):
         with strategy.scope():
             model = build_model(config, source.num_classes, source.channels)
@@ -216,7 +220,6 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if state:
             prefix = os.path.join(checkpoint_dir, state["checkpoint"])
-            _check_resume(config, state)
             checkpoint.read(prefix).expect_partial()
             _log.info("Resuming from epoch %d (%s).", resumed_from, prefix)
 
