@@ -547,3 +547,13 @@ def representative_batches(
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per epoch (training drops the remainder)."""
     return max(1, num_examples // batch_size)
+
+
+def eval_steps(num_examples: int, batch_size: int) -> int:
+    """Batches of one pass over the eval split (the last one partial).
+
+    Given to Keras as ``validation_steps``/``steps``: an image folder's
+    dataset skips unreadable files, so its length is unknown to tf.data, and
+    Keras 3 then warns "Your input ran out of data" at the end of every pass.
+    """
+    return max(1, -(-num_examples // batch_size))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -268,7 +269,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[training.TrainCon
     with open(os.path.join(root, "train", "class0", "broken.png"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n not really")
     config = tiny_config(root, str(tmp_path_factory.mktemp("run")))
-    return config, training.train(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = training.train(config)
+    metrics["_warnings"] = [str(w.message) for w in caught]
+    return config, metrics
 
 
 @pytest.mark.slow
@@ -296,6 +301,12 @@ def test_training_writes_metrics_model_checkpoint_and_plot(trained: tuple[traini
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)
     saved = tf.saved_model.load(os.path.join(config.model_dir, "saved_model"))
     np.testing.assert_allclose(saved.serve(images).numpy(), model.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_folder_run_does_not_warn_that_its_input_ran_out(trained: tuple[training.TrainConfig, dict]) -> None:
+    _, metrics = trained
+    assert not [w for w in metrics["_warnings"] if "ran out of data" in w]
 
 
 @pytest.mark.slow

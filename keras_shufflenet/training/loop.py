@@ -240,6 +240,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                 initial_epoch=resumed_from,
                 steps_per_epoch=steps,
                 validation_data=eval_ds,
+                validation_steps=data.eval_steps(source.num_eval, config.eval_batch),
                 validation_freq=config.validation_freq,
                 callbacks=callbacks,
                 verbose=config.verbose,
@@ -253,7 +254,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                 f"{saver.divergence} at epoch {epoch}, {where_in_epoch}; training stopped. "
                 f"Last good checkpoint: {where}. Lower --learning_rate or check the data."
             )
-        results = model.evaluate(eval_ds, verbose=0, return_dict=True)
+        results = model.evaluate(
+            eval_ds, steps=data.eval_steps(source.num_eval, config.eval_batch), verbose=0, return_dict=True
+        )
 
     # The saved model is a clean float32 copy: no regularizers, no optimizer.
     saved_model = build_model(config, source.num_classes, source.channels)
@@ -312,7 +315,12 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
         )
     _compile(model, config, num_classes)
     eval_ds = data.make_eval_dataset(source, config.data, config.eval_batch)
-    results = model.evaluate(eval_ds.map(_one_hot(num_classes)), verbose=0, return_dict=True)
+    results = model.evaluate(
+        eval_ds.map(_one_hot(num_classes)),
+        steps=data.eval_steps(source.num_eval, config.eval_batch),
+        verbose=0,
+        return_dict=True,
+    )
     metrics = {
         **_top_metrics(results),
         "num_eval_images": source.num_eval,
