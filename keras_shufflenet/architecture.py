@@ -157,6 +157,23 @@ def stem_channels(groups: int, scale_factor: float) -> int:
     return groups * max(1, half_scale_stem // groups)
 
 
+def min_scale_factor(groups: int) -> float:
+    """The smallest ``scale_factor`` whose stage widths grow from stage to stage for ``groups``.
+
+    Widths are rounded to multiples of ``4 * groups`` (never below it), so
+    at small scales neighbouring stages get the same width, and a stride-2
+    unit, which concatenates its input with its branch, has no branch left.
+    """
+    low, high = 1e-3, 1.0
+    for _ in range(40):  # Bisection: widths are monotone in the scale.
+        middle = (low + high) / 2
+        widths = stage_out_channels(groups, middle)
+        stem = stem_channels(groups, middle)
+        grows = stem < widths[0] < widths[1] < widths[2]
+        low, high = (low, middle) if grows else (middle, high)
+    return math.ceil(high * 1000) / 1000  # rounded up to 0.001, still building
+
+
 def output_stride_for(input_size: int) -> int:
     """The output stride the trainer uses for square images of ``input_size``.
 

@@ -7,7 +7,9 @@ Reference:
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -115,7 +117,9 @@ def ShuffleNet(
         logits. Defaults to `"softmax"`.
       groups: Groups of the pointwise convolutions, one of 1, 2, 3, 4, 8.
         Defaults to `3`.
-      scale_factor: Width multiplier "s x" of the paper, any value > 0.
+      scale_factor: Width multiplier "s x" of the paper, finite and at least
+        :func:`keras_shufflenet.architecture.min_scale_factor` (0.033-0.093
+        by groups; below it the stage widths stop growing).
         Defaults to `1.0`.
       shuffle: Whether to shuffle channels (off reproduces Table 3's
         ablation). Defaults to `True`.
@@ -142,10 +146,27 @@ def ShuffleNet(
     Raises:
       ValueError: For any invalid argument, naming it and the value received.
     """
-    if groups not in architecture.ALLOWED_GROUPS:
+    if (
+        isinstance(groups, bool)
+        or not isinstance(groups, (int, np.integer))
+        or groups not in architecture.ALLOWED_GROUPS
+    ):
         raise ValueError(f"`groups` must be one of {architecture.ALLOWED_GROUPS}. Received: groups={groups!r}")
-    if isinstance(scale_factor, bool) or not isinstance(scale_factor, (int, float)) or not scale_factor > 0:
-        raise ValueError(f"`scale_factor` must be a number > 0. Received: scale_factor={scale_factor!r}")
+    groups = int(groups)
+    if (
+        isinstance(scale_factor, bool)
+        or not isinstance(scale_factor, (int, float, np.floating, np.integer))
+        or not math.isfinite(scale_factor)
+        or not scale_factor > 0
+    ):
+        raise ValueError(f"`scale_factor` must be a finite number > 0. Received: scale_factor={scale_factor!r}")
+    minimum_scale = architecture.min_scale_factor(groups)
+    if scale_factor < minimum_scale:
+        raise ValueError(
+            f"`scale_factor` must be >= {minimum_scale:g} with groups={groups}: below it the stage widths stop "
+            f"growing (each is rounded to a multiple of 4 * groups) and the stride-2 units have no branch. "
+            f"Received: scale_factor={scale_factor!r}"
+        )
     if weights is not None and not (isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)):
         raise ValueError(
             "`weights` must be None (random initialization) or the path to an existing weights file. "
@@ -161,7 +182,13 @@ def ShuffleNet(
                 f"`stem_channels` must be a multiple of `groups` ({groups}). Received: stem_channels={stem_channels}"
             )
     if include_top and classifier_activation is not None:
-        keras.activations.get(classifier_activation)  # Raises for an unknown name.
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "`classifier_activation` must be None, a Keras activation name (e.g. 'softmax') or a callable. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from None
     if isinstance(output_stride, bool) or output_stride not in architecture.OUTPUT_STRIDES:
         raise ValueError(
             f"`output_stride` must be one of {architecture.OUTPUT_STRIDES}. Received: output_stride={output_stride!r}"
@@ -231,8 +258,24 @@ def ShuffleNet(
         name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
-        model.load_weights(weights)
+        _load_weights(model, os.fspath(weights))
     return model
+
+
+def _load_weights(model: keras.Model, path: str) -> None:
+    """``model.load_weights(path)``, with an error that names the file and the configuration on a mismatch."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns once per mismatched layer before it raises.
+            model.load_weights(path)
+    except Exception as error:  # noqa: BLE001  (h5py, Keras and TensorFlow raise different types)
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"`weights` file {path!r} does not fit the model {model.name!r} (groups, scale_factor, "
+            "stem_channels, shallow, squeeze_excite, classes and include_top must be those it was saved with; "
+            "the file must be a Keras weights file, e.g. from model.save_weights('x.weights.h5')). "
+            f"Loading it failed with: {first_line}"
+        ) from None
 
 
 def _is_keras_tensor(tensor: Any) -> bool:

@@ -304,6 +304,19 @@ def test_other_models_keep_their_own_input_range(tmp_path):
     assert report["io"]["input"]["scale"] > 0.5  # about 255 / 256
 
 
+def test_an_empty_output_dir_is_refused_before_any_work(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="`output_dir` must be a directory path. Received: output_dir=''"):
+        export(tiny_model, [np.zeros((1, *INPUT_SHAPE), np.float32)], "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_array_of_images_is_one_batch_of_representative_data(tiny_model, exported, tmp_path):
+    images, _ = _images(12, seed=1)
+    report = export(tiny_model, images, str(tmp_path / "run"), num_verify=2, name="tiny")
+    assert report["representative_samples"] == 12
+
+
 def test_unwritable_output_dir_is_refused(tiny_model, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

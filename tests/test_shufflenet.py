@@ -310,11 +310,37 @@ def test_weights_from_path_and_config_round_trip(tmp_path):
         ({"pooling": "min", "include_top": False}, "pooling='min'"),
         ({"stem_channels": 10, "groups": 3}, "stem_channels=10"),
         ({"input_shape": (64, 64)}, "input_shape"),
+        ({"groups": 3.0}, r"`groups` must be one of .* Received: groups=3.0"),
+        ({"groups": True}, "Received: groups=True"),
+        ({"scale_factor": float("inf")}, "`scale_factor` must be a finite number > 0. Received: scale_factor=inf"),
+        ({"scale_factor": 0.02, "groups": 3}, r"`scale_factor` must be >= 0.056 with groups=3: .*scale_factor=0.02"),
+        ({"classifier_activation": "bogus"}, "`classifier_activation` must be None, .*'bogus'"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ShuffleNet(**kwargs)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
+def test_the_smallest_scale_factor_builds_and_below_it_is_refused(groups):
+    smallest = architecture.min_scale_factor(groups)
+    ShuffleNet(groups=groups, scale_factor=smallest, input_shape=(32, 32, 1), classes=2)
+    with pytest.raises(ValueError, match=f"must be >= {smallest:g} with groups={groups}"):
+        ShuffleNet(groups=groups, scale_factor=smallest - 0.001, input_shape=(32, 32, 1), classes=2)
+
+
+def test_weights_of_another_configuration_or_format_are_named(tmp_path):
+    path = str(tmp_path / "g3.weights.h5")
+    ShuffleNet(groups=3, scale_factor=0.25, input_shape=(32, 32, 1), classes=4).save_weights(path)
+    with pytest.raises(ValueError, match=r"`weights` file .*g3.weights.h5' does not fit .*groups, scale_factor"):
+        ShuffleNet(groups=8, scale_factor=0.25, input_shape=(32, 32, 1), classes=4, weights=path)
+    text = tmp_path / "notes.weights.h5"
+    text.write_text("not hdf5")
+    with pytest.raises(ValueError, match="notes.weights.h5' does not fit .*Keras weights file"):
+        ShuffleNet(groups=3, scale_factor=0.25, input_shape=(32, 32, 1), classes=4, weights=str(text))
+    model = ShuffleNet(groups=3, scale_factor=0.25, input_shape=(32, 32, 1), classes=4, weights=path)
+    assert model.count_params() > 0
 
 
 def test_preprocess_input_maps_pixels_to_unit_range():

@@ -324,6 +324,8 @@ def export(
       keras_shufflenet.micro.verify.VerificationError: If TFLM's outputs are
         not bit-identical to the reference kernels.
     """
+    if isinstance(output_dir, bool) or not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+        raise ValueError(f"`output_dir` must be a directory path. Received: output_dir={output_dir!r}")
     options = validate_options(
         model,
         train_data,

@@ -49,8 +49,8 @@ def representative_samples(
 
     Args:
       representative_data: Iterable of float batches ``(N, H, W, C)`` (numpy
-        arrays or tensors; a ``tf.data.Dataset`` works). Elements that are
-        ``(images, labels)`` tuples contribute their images.
+        arrays or tensors; a ``tf.data.Dataset`` works), or one such batch.
+        Elements that are ``(images, labels)`` tuples contribute their images.
       input_shape: The model's ``(H, W, C)``.
       limit: The number of images to collect, ``>= 1``.
 
@@ -64,6 +64,8 @@ def representative_samples(
     """
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise ValueError(f"`num_representative` must be an integer >= 1. Received: num_representative={limit!r}")
+    if hasattr(representative_data, "shape") and len(representative_data.shape) == 4:
+        representative_data = [representative_data]  # One array of images is one batch.
     collected: list[np.ndarray] = []
     count = 0
     for index, element in enumerate(representative_data):

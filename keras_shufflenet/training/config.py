@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -251,6 +252,20 @@ class TrainConfig:
             raise bad_value("dataset", self.dataset, "a TFDS name or 'folder:PATH'")
         if not self.model_dir:
             raise bad_value("model_dir", self.model_dir, "a directory path")
+        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
+            raise bad_value("model_dir", self.model_dir, "a directory path, not an existing file")
+        if self.micro.enabled and self.micro.representative_samples < 1:
+            raise bad_value(
+                "representative_samples",
+                self.micro.representative_samples,
+                f">= 1 with --quantize={self.micro.quantize} (int8 calibration needs images)",
+            )
+        if self.scale_factor < architecture.min_scale_factor(self.groups):
+            raise bad_value(
+                "scale_factor",
+                self.scale_factor,
+                f">= {architecture.min_scale_factor(self.groups):g} with groups={self.groups}",
+            )
         smallest = self.output_stride or min(architecture.OUTPUT_STRIDES)
         if self.data.input_size < smallest:
             stem = f"output_stride={self.output_stride}" if self.output_stride else "any output stride"
