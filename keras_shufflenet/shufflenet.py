@@ -207,6 +207,11 @@ def ShuffleNet(
         shallow=shallow,
         se_ratio=int(se_ratio) if squeeze_excite else 0,
     )
+    if spec.stem_channels >= spec.stage_out_channels[0]:
+        raise ValueError(
+            f"`stem_channels` must be below Stage 2's width ({spec.stage_out_channels[0]}), which the first unit "
+            f"extends by concatenation. Received: stem_channels={spec.stem_channels}"
+        )
 
     if input_tensor is None:
         img_input = keras.Input(shape=shape, name="image")

@@ -315,6 +315,7 @@ def test_weights_from_path_and_config_round_trip(tmp_path):
         ({"scale_factor": float("inf")}, "`scale_factor` must be a finite number > 0. Received: scale_factor=inf"),
         ({"scale_factor": 0.02, "groups": 3}, r"`scale_factor` must be >= 0.056 with groups=3: .*scale_factor=0.02"),
         ({"classifier_activation": "bogus"}, "`classifier_activation` must be None, .*'bogus'"),
+        ({"stem_channels": 240, "scale_factor": 0.25}, r"below Stage 2's width \(60\).*stem_channels=240"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
