@@ -18,7 +18,17 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from keras_shufflenet import ShuffleNet, profile
 from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
-from keras_shufflenet.micro import UnsupportedOpError, c_sources, compact, convert, export, flatbuffer, graph, verify
+from keras_shufflenet.micro import (
+    ConversionCrashError,
+    UnsupportedOpError,
+    c_sources,
+    compact,
+    convert,
+    export,
+    flatbuffer,
+    graph,
+    verify,
+)
 
 INPUT_SHAPE = (32, 32, 1)
 CLASSES = 4
@@ -535,3 +545,22 @@ def test_output_elements_by_op_counts_every_residual_add(exported):
     counts = flatbuffer.output_elements_by_op(_read(exported["dir"] / "tiny_int8.tflite"))
     assert counts["ADD"] == expected
     assert counts["CONV_2D"] > counts["ADD"] > 0
+
+
+def test_conversion_in_a_child_gives_the_same_flatbuffers_as_in_process(tiny_model):
+    calibration, _ = _images(8, seed=1)
+    float_child, int8_child = convert.convert_in_child(tiny_model, tiny_model, calibration)
+    assert float_child == convert.convert_float(tiny_model)
+    assert int8_child == convert.convert_int8(tiny_model, calibration)
+
+
+def test_a_converter_crash_is_an_exception_naming_the_layers_and_nothing_is_left(tiny_model, tmp_path, monkeypatch):
+    # A stand-in for TensorFlow's calibrator dying with SIGSEGV: the worker kills itself.
+    crashing = tmp_path / "crashing_worker.py"
+    crashing.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setattr(convert, "_WORKER", str(crashing))
+    calibration, _ = _images(8, seed=1)
+    out = tmp_path / "out" / "run"
+    with pytest.raises(ConversionCrashError, match=r"crashed \(SIGSEGV\) .*layers \{.*Conv2D.*ops \{.*Conv2D"):
+        export(tiny_model, [calibration], str(out))
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -12,7 +12,8 @@ Modules, one concept each:
 * :mod:`~keras_shufflenet.micro.compression`: tfmot pruning and QAT;
 * :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,
   the layers TFLite should see, the ReLU move);
-* :mod:`~keras_shufflenet.micro.convert`: float and int8 conversion;
+* :mod:`~keras_shufflenet.micro.convert`: float and int8 conversion (in a
+  child process, ``convert_worker.py``, for the export);
 * :mod:`~keras_shufflenet.micro.flatbuffer`: reading ``.tflite`` files, and
   the table of the operators TFLM implements;
 * :mod:`~keras_shufflenet.micro.compact`: the TFLM-only copy of the flatbuffer;
@@ -29,8 +30,9 @@ Modules, one concept each:
   ``Invoke()`` and per operator, from qemu's trace).
 """
 
+from keras_shufflenet.micro.convert import ConversionCrashError
 from keras_shufflenet.micro.export import export
 from keras_shufflenet.micro.flatbuffer import UnsupportedOpError
 from keras_shufflenet.micro.verify import TFLMError, VerificationError
 
-__all__ = ["TFLMError", "UnsupportedOpError", "VerificationError", "export"]
+__all__ = ["ConversionCrashError", "TFLMError", "UnsupportedOpError", "VerificationError", "export"]

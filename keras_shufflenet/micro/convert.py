@@ -1,18 +1,37 @@
 """Conversion to TensorFlow Lite: float and full-int8 flatbuffers of the export graph.
 
-Both converters convert :func:`keras_shufflenet.micro.graph.static_batch_model`
-of the model, frozen at batch 1.
+Every converter converts :func:`keras_shufflenet.micro.graph.static_batch_model`
+of the model, frozen at batch 1. :func:`convert_in_child` runs the converter
+in a child process (:mod:`keras_shufflenet.micro.convert_worker`), so that a
+crash of TensorFlow's calibrator becomes a :class:`ConversionCrashError`
+instead of killing the caller; ``micro.export`` uses it. :func:`convert_float`
+and :func:`convert_int8` convert in this process, with the same settings.
 """
 
 from __future__ import annotations
 
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from keras_shufflenet.micro import convert_worker
 from keras_shufflenet.micro.graph import input_shape_of, static_batch_model
 from keras_shufflenet.training.config import WEIGHT_QUANTIZATIONS
+
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert_worker.py")
+_WORKER_TIMEOUT_S = 3600
+
+
+class ConversionCrashError(RuntimeError):
+    """TensorFlow's converter killed its (child) process; the message names the model's layers and ops."""
 
 
 def _frozen_function(model: Any, move_relus: bool = True) -> Any:
@@ -33,9 +52,7 @@ def convert_float(model: Any, move_relus: bool = True) -> bytes:
 
     ``move_relus`` is :func:`~keras_shufflenet.micro.graph.static_batch_model`'s.
     """
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model, move_relus)])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return bytes(converter.convert())
+    return bytes(convert_worker.float_converter(_frozen_function(model, move_relus)).convert())
 
 
 def check_weight_quantization(weight_quantization: Any) -> None:
@@ -74,18 +91,103 @@ def convert_int8(
       ValueError: If an operator has no int8 kernel, naming the converter's error.
     """
     check_weight_quantization(weight_quantization)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model, move_relus)])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    # The converter's only switch for this (no public equivalent).
-    converter._experimental_disable_per_channel = weight_quantization == "per_tensor"
-    converter.representative_dataset = lambda: ([sample[None]] for sample in representative_samples)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    converter = convert_worker.int8_converter(
+        _frozen_function(model, move_relus), representative_samples, weight_quantization
+    )
     try:
         return bytes(converter.convert())
     except Exception as error:  # The converter raises ConverterError or RuntimeError.
         raise ValueError(f"Full-int8 conversion failed (an op without an int8 kernel?): {error}") from error
+
+
+def _describe_graph(model: Any, graph_def: Any) -> str:
+    layers = collections.Counter(type(layer).__name__ for layer in model.layers)
+    ops = collections.Counter(node.op for node in graph_def.node if node.op not in ("Const", "Placeholder", "Identity"))
+    return (
+        f"the model {model.name!r} has layers {dict(layers.most_common())} and its frozen graph the ops "
+        f"{dict(ops.most_common())}"
+    )
+
+
+def convert_in_child(
+    float_model: Any, quant_model: Any, representative_samples: np.ndarray, weight_quantization: str = "per_channel"
+) -> tuple[bytes, bytes]:
+    """Float and full-int8 flatbuffers (as :func:`convert_float` and :func:`convert_int8`), converted in a child.
+
+    The export graphs are frozen here and converted by
+    :mod:`~keras_shufflenet.micro.convert_worker` in a child process.
+
+    Args:
+      float_model: The model to convert to float32.
+      quant_model: The model to convert to int8 (the same, or its
+        quantization-aware copy).
+      representative_samples: Calibration images ``(N, H, W, C)``.
+      weight_quantization: ``"per_channel"`` or ``"per_tensor"``.
+
+    Returns:
+      ``(float flatbuffer, int8 flatbuffer)``.
+
+    Raises:
+      ValueError: If the converter refused the model (e.g. an op without an
+        int8 kernel), with its message.
+      ConversionCrashError: If the converter killed the child (a signal), naming
+        the model's layer types and graph ops. Nothing is left behind.
+    """
+    check_weight_quantization(weight_quantization)
+    with tempfile.TemporaryDirectory(prefix="keras-shufflenet-convert-") as work:
+        jobs, graph_defs = [], {}
+        for mode, model in (("float", float_model), ("int8", quant_model)):
+            frozen = _frozen_function(model)
+            graph_def = frozen.graph.as_graph_def()
+            graph_defs[mode] = (model, graph_def)
+            graph_path = os.path.join(work, f"{mode}.pb")
+            with open(graph_path, "wb") as handle:
+                handle.write(graph_def.SerializeToString())
+            jobs.append(
+                {
+                    "graph": graph_path,
+                    "inputs": [t.name for t in frozen.inputs],
+                    "outputs": [t.name for t in frozen.outputs],
+                    "mode": mode,
+                    "weight_quantization": weight_quantization,
+                    "output": os.path.join(work, f"{mode}.tflite"),
+                }
+            )
+        samples_path = os.path.join(work, "samples.npy")
+        np.save(samples_path, np.asarray(representative_samples, np.float32))
+        spec_path = os.path.join(work, "jobs.json")
+        with open(spec_path, "w", encoding="utf-8") as handle:
+            json.dump({"samples": samples_path, "jobs": jobs}, handle)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run(
+            [sys.executable, _WORKER, spec_path],
+            capture_output=True,
+            text=True,
+            timeout=_WORKER_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+        if result.returncode < 0:
+            try:
+                name = signal.Signals(-result.returncode).name
+            except ValueError:
+                name = f"signal {-result.returncode}"
+            done = [job["mode"] for job in jobs if os.path.exists(job["output"])]
+            stage = "int8 calibration and conversion" if "float" in done else "float conversion"
+            model, graph_def = graph_defs["int8" if "float" in done else "float"]
+            raise ConversionCrashError(
+                f"TFLite conversion crashed ({name}) during the {stage} in a child process; "
+                f"{_describe_graph(model, graph_def)}. Nothing was written."
+            )
+        if result.returncode:
+            lines = result.stderr.strip().splitlines()
+            message = lines[-1] if lines else f"exit status {result.returncode}"
+            raise ValueError(f"Full-int8 conversion failed (an op without an int8 kernel?): {message}")
+        contents = []
+        for job in jobs:
+            with open(job["output"], "rb") as handle:
+                contents.append(handle.read())
+    return contents[0], contents[1]
 
 
 def quantize_input(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

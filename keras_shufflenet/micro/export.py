@@ -130,8 +130,10 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
 
 def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOptions, staging: str) -> _Converted:
     """Float and full-int8 flatbuffers, checked for TFLM, and the compact copy the board gets."""
-    float_tflite = convert.convert_float(compressed.float_model)
-    int8_tflite = convert.convert_int8(compressed.quant_model, calibration, options.weight_quantization)
+    # In a child process: TensorFlow's calibrator can crash its process (SIGSEGV).
+    float_tflite, int8_tflite = convert.convert_in_child(
+        compressed.float_model, compressed.quant_model, calibration, options.weight_quantization
+    )
     flatbuffer.check_static_shapes(int8_tflite)
     ops = flatbuffer.check_tflm_ops(int8_tflite)
     io = flatbuffer.io_quantization(int8_tflite)
