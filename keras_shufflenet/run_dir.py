@@ -127,6 +127,39 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # Someone else's live process.
+    return True
+
+
+def remove_stale_staging_dirs(parent: str, prefix: str) -> list[str]:
+    """Removes the staging directories ``parent/<prefix><pid>-*`` of exports whose process is gone.
+
+    A killed export cannot clean up after itself; the next export to the
+    same ``output_dir`` does. Directories of a live process (an export
+    running now) and of unknown origin are left alone.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        path = os.path.join(parent, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def make_staging_dir(output_dir: str) -> str:
     """A scratch directory next to ``output_dir``, on the same filesystem, so its contents can be renamed in.
 
@@ -140,7 +173,9 @@ def make_staging_dir(output_dir: str) -> str:
             raise NotADirectoryError(f"{output_dir!r} exists and is not a directory")
         if os.path.isdir(output_dir) and not os.access(output_dir, os.W_OK | os.X_OK):
             raise PermissionError(f"{output_dir!r} is not writable")
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output_dir))}.export-", dir=parent)
+        prefix = f".{os.path.basename(os.path.abspath(output_dir))}.export-"
+        remove_stale_staging_dirs(parent, prefix)
+        staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; it may become output_dir itself.

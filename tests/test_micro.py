@@ -6,6 +6,7 @@ check the artifacts against independent references: TFLite's own interpreter
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -325,6 +326,23 @@ def test_one_array_of_images_is_one_batch_of_representative_data(tiny_model, exp
     images, _ = _images(12, seed=1)
     report = export(tiny_model, images, str(tmp_path / "run"), num_verify=2, name="tiny")
     assert report["representative_samples"] == 12
+
+
+def test_staging_folders_of_killed_exports_are_removed_by_the_next(tmp_path):
+    from keras_shufflenet import run_dir
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    stale = tmp_path / f".run.export-{child.pid}-abc"
+    stale.mkdir()
+    (stale / "half.tflite").write_bytes(b"\0")
+    live = tmp_path / f".run.export-{os.getpid()}-def"
+    live.mkdir()
+    other = tmp_path / ".run.export-notapid"
+    other.mkdir()
+    staging = run_dir.make_staging_dir(str(tmp_path / "run"))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert os.path.basename(staging).startswith(f".run.export-{os.getpid()}-")
 
 
 def test_unwritable_output_dir_is_refused(tiny_model, tmp_path):

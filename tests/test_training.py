@@ -204,6 +204,28 @@ def test_divergence_guard_bound_is_at_least_100_and_stops_on_a_nan_validation_lo
     assert guard.last_saved_epoch is None and not os.listdir(tmp_path)
 
 
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_whole_one(tmp_path: os.PathLike) -> None:
+    directory = str(tmp_path / "checkpoints")
+    saver = checkpointing.EpochCheckpoint(tf.train.Checkpoint(v=tf.Variable(1.0)), directory, history={})
+    saver.save(1)
+    saver.save(2)
+    assert checkpointing.read_state(directory)["epoch"] == 2
+    state_path = os.path.join(directory, "state.json")
+    with open(state_path, "r+", encoding="utf-8") as f:  # truncated mid-write by a full disk
+        f.truncate(10)
+    assert checkpointing.read_state(directory)["epoch"] == 2  # from epoch-0002.state.json
+    for name in os.listdir(directory):
+        if name.startswith("epoch-0002.data"):
+            os.remove(os.path.join(directory, name))
+    assert checkpointing.read_state(directory)["epoch"] == 1
+    for name in os.listdir(directory):
+        if name.startswith("epoch-0001.data"):
+            os.remove(os.path.join(directory, name))
+    with pytest.raises(training.ConfigError, match="no whole checkpoint in .*remove the directory"):
+        checkpointing.read_state(directory)
+    assert checkpointing.read_state(str(tmp_path / "none")) is None
+
+
 def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
     two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
     config = training.TrainConfig(model_dir=str(tmp_path), batch_size=33, verbose=0)

@@ -1,12 +1,16 @@
-"""Checkpoints after every epoch, the state a killed run resumes from, and the NaN guard.
+"""Checkpoints after every epoch, the state a killed run resumes from, and the divergence guard.
 
 ``checkpoints/state.json`` is replaced atomically after the checkpoint files
-of an epoch are complete, so it always names a whole checkpoint.
+of an epoch are complete, so it always names a whole checkpoint. Each
+checkpoint also has its own ``epoch-NNNN.state.json``: when the newest state
+or checkpoint is damaged anyway (a full disk, a copy cut short),
+:func:`read_state` resumes from the newest older one that is whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -18,7 +22,10 @@ from keras_shufflenet import run_dir
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.training.config import ConfigError
 
+_log = logging.getLogger(__name__)
+
 KEEP_CHECKPOINTS = 2
+STATE_SUFFIX = ".state.json"  # epoch-NNNN.state.json: the state that names epoch-NNNN
 # Training stops when the loss exceeds this many times its value on the first
 # batch (at least 1.0): a loss that explodes without reaching NaN, as Adam at
 # a huge learning rate does, whose weights would otherwise be saved.
@@ -122,10 +129,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         os.makedirs(self.directory, exist_ok=True)
         prefix = os.path.join(self.directory, f"epoch-{epoch:04d}")
         self.checkpoint.write(prefix)
-        run_dir.write_json(
-            os.path.join(self.directory, run_dir.STATE_FILE),
-            {**self.extra_state, "epoch": epoch, "checkpoint": os.path.basename(prefix), "history": self.history},
-        )
+        state = {**self.extra_state, "epoch": epoch, "checkpoint": os.path.basename(prefix), "history": self.history}
+        # A copy beside the checkpoint: the fallback when a newer state or checkpoint is damaged.
+        run_dir.write_json(prefix + STATE_SUFFIX, state)
+        run_dir.write_json(os.path.join(self.directory, run_dir.STATE_FILE), state)
         self.last_saved_epoch = epoch
         self._remove_old(epoch)
 
@@ -137,16 +144,57 @@ class EpochCheckpoint(keras.callbacks.Callback):
                         os.remove(os.path.join(self.directory, name))
 
 
+def _checkpoint_complete(directory: str, state: Any) -> bool:
+    """Whether ``state`` is a checkpoint state whose checkpoint files can be read."""
+    if not isinstance(state, dict) or "epoch" not in state or "checkpoint" not in state:
+        return False
+    try:  # Every tensor is read: the index alone does not show a missing or truncated data shard.
+        reader = tf.train.load_checkpoint(os.path.join(directory, str(state["checkpoint"])))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, OSError):
+        return False
+    return True
+
+
+def _try_read(path: str) -> Any:
+    try:
+        return run_dir.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 def read_state(directory: str) -> dict[str, Any] | None:
-    """The last completed epoch's state in a checkpoint directory, or `None`.
+    """The state of the newest complete checkpoint in a checkpoint directory, or `None` when there is none.
+
+    ``state.json`` names the newest epoch. If it, or the checkpoint it names,
+    is damaged (a truncated file, a missing ``.data`` shard), the newest older
+    checkpoint whose files and ``epoch-NNNN.state.json`` are whole is used
+    instead, with a warning.
 
     Raises:
-      ConfigError: If ``state.json`` exists but is not a checkpoint state.
+      ConfigError: If the directory has checkpoint files but none is whole.
     """
     path = os.path.join(directory, run_dir.STATE_FILE)
-    if not os.path.exists(path):
+    if not os.path.isdir(directory):
         return None
-    state = run_dir.read_json(path)
-    if not isinstance(state, dict) or "epoch" not in state or "checkpoint" not in state:
-        raise ConfigError(f"{path} is not a checkpoint state file; remove it to start over.")
-    return state
+    candidates = sorted((name for name in os.listdir(directory) if name.endswith(STATE_SUFFIX)), reverse=True)
+    if not os.path.exists(path) and not candidates:
+        return None
+    state = _try_read(path) if os.path.exists(path) else None
+    if _checkpoint_complete(directory, state):
+        return state
+    for name in candidates:
+        older = _try_read(os.path.join(directory, name))
+        if _checkpoint_complete(directory, older):
+            _log.warning(
+                "%s or the checkpoint it names is damaged; resuming from the older whole checkpoint %s (epoch %d).",
+                path,
+                older["checkpoint"],
+                older["epoch"],
+            )
+            return older
+    raise ConfigError(
+        f"no whole checkpoint in {directory}: {run_dir.STATE_FILE} or the checkpoint files are damaged and no "
+        "older checkpoint is readable; remove the directory to start over."
+    )
