@@ -345,6 +345,16 @@ def test_staging_folders_of_killed_exports_are_removed_by_the_next(tmp_path):
     assert os.path.basename(staging).startswith(f".run.export-{os.getpid()}-")
 
 
+def test_an_op_without_a_tflite_kernel_is_named_with_its_layer(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.Lambda(lambda t: tf.math.erf(t), name="gelu_like")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"no TFLite builtin kernel: Erf \(in layer 'gelu_like'\)"):
+        export(model, [np.zeros((2, 8, 8, 1), np.float32)], str(tmp_path / "run"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_output_dir_is_refused(tiny_model, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

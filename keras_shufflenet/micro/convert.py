@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,29 @@ def _describe_graph(model: Any, graph_def: Any) -> str:
     )
 
 
+def _describe_refusal(message: str, graph_defs: dict[str, tuple[Any, Any]]) -> str:
+    """The converter's refusal, led by the TensorFlow ops it could not convert and the layers that hold them."""
+    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)))
+    if not ops:
+        return f"Full-int8 conversion failed (an op without an int8 kernel?): {message[:2000]}"
+    places = []
+    for op in ops:
+        layers: set[str] = set()
+        for model, graph_def in graph_defs.values():
+            names = {layer.name for layer in model.layers}
+            for node in graph_def.node:
+                if node.op == op:  # node names are scoped by layer, e.g. "model_1/gelu_like_1/Erf"
+                    parts = node.name.split("/")
+                    layers.update({*parts, *(part.rsplit("_", 1)[0] for part in parts)} & names)
+        where = f" (in layer {', '.join(repr(n) for n in sorted(layers))})" if layers else ""
+        places.append(f"{op}{where}")
+    return (
+        f"TFLite conversion failed: these TensorFlow ops have no TFLite builtin kernel: {'; '.join(places)}. "
+        "Express those layers with ops TFLite and TFLite Micro support. Converter message (start): "
+        f"{message[:300]}"
+    )
+
+
 def convert_in_child(
     float_model: Any, quant_model: Any, representative_samples: np.ndarray, weight_quantization: str = "per_channel"
 ) -> tuple[bytes, bytes]:
@@ -182,7 +206,7 @@ def convert_in_child(
         if result.returncode:
             lines = result.stderr.strip().splitlines()
             message = lines[-1] if lines else f"exit status {result.returncode}"
-            raise ValueError(f"Full-int8 conversion failed (an op without an int8 kernel?): {message}")
+            raise ValueError(_describe_refusal(message, graph_defs))
         contents = []
         for job in jobs:
             with open(job["output"], "rb") as handle:
