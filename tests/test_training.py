@@ -417,6 +417,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         training.train(diverging.replace(output_stride=32))
     with pytest.raises(training.ConfigError, match="trained with groups=3, not 2"):
         training.train(diverging.replace(groups=2))
+    two_classes = str(tmp_path / "two_classes")
+    shutil.copytree(config.dataset[len("folder:") :], two_classes)
+    for split in ("train", "test"):
+        for name in ("class2", "class3"):
+            shutil.rmtree(os.path.join(two_classes, split, name))
+    with pytest.raises(training.ConfigError, match="trained on data with num_classes=4, but dataset=.* gives num_cl"):
+        training.train(diverging.replace(dataset=f"folder:{two_classes}"))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0002.index"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints", "epoch-0003.index"))
 

@@ -51,21 +51,29 @@ def describe_configuration(config: TrainConfig) -> str:
 _RESUME_FLAGS = ("optimizer", "groups", "scale_factor", "output_stride", "shallow", "squeeze_excite", "input_size")
 
 
-def _resume_state(config: TrainConfig) -> dict[str, Any]:
+def _resume_state(config: TrainConfig, source: data.DataSource) -> dict[str, Any]:
     flat = config.flat()
     state = {name: flat[name] for name in _RESUME_FLAGS}
     state["output_stride"] = config.resolved_output_stride
+    # What the data gives the network: the classifier's width and the input's channels.
+    state["num_classes"], state["channels"] = source.num_classes, source.channels
     return state
 
 
-def _check_resume(config: TrainConfig, state: dict[str, Any]) -> None:
-    """Refuses to resume a checkpoint trained with other network flags, naming them."""
-    expected = _resume_state(config)
+def _check_resume(config: TrainConfig, source: data.DataSource, state: dict[str, Any]) -> None:
+    """Refuses to resume a checkpoint trained with other network flags or data, naming them."""
+    expected = _resume_state(config, source)
     for name in _RESUME_FLAGS:  # Checkpoints of older versions lack some of them.
         if name in state and state[name] != expected[name]:
             raise ConfigError(
                 f"the checkpoint in model_dir={config.model_dir!r} was trained with {name}={state[name]!r}, "
                 f"not {expected[name]!r}; resume with --{name}={state[name]} or use a new model_dir."
+            )
+    for name in ("num_classes", "channels"):
+        if name in state and state[name] != expected[name]:
+            raise ConfigError(
+                f"the checkpoint in model_dir={config.model_dir!r} was trained on data with {name}={state[name]}, "
+                f"but dataset={config.dataset!r} gives {name}={expected[name]}; use a new model_dir for other data."
             )
 
 
@@ -204,7 +212,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     state = checkpointing.read_state(checkpoint_dir)
     if state:
-        _check_resume(config, state)
+        _check_resume(config, source, state)
     resumed_from = int(state["epoch"]) if state else 0
     # The run is accepted: record how the model is trained (a refused run writes nothing).
     os.makedirs(output_dir, exist_ok=True)
@@ -226,7 +234,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         history: dict[str, list[Any]] = state["history"] if state else {}
         own_checkpoint_dir = os.path.join(output_dir, run_dir.CHECKPOINT_DIR)
         saver = checkpointing.EpochCheckpoint(
-            checkpoint, own_checkpoint_dir, history, extra_state=_resume_state(config)
+            checkpoint, own_checkpoint_dir, history, extra_state=_resume_state(config, source)
         )
         callbacks = [saver]
         if _tensorboard_available():
