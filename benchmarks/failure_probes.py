@@ -261,7 +261,7 @@ def run_probes(checkout: str = REPO, names: Sequence[str] | None = None) -> list
                     "probe": probe.name,
                     "verdict": verdict,
                     "seconds": round(result.seconds, 1),
-                    "message": result.last_line[:200],
+                    "message": result.last_line[:200] if result.returncode else "",
                 }
             )
             print(f"{verdict:8s} {probe.name}: {result.last_line[:160]}", file=sys.stderr, flush=True)
@@ -278,7 +278,8 @@ def report(after: Sequence[dict[str, Any]], before: Sequence[dict[str, Any]] | N
     lines += [header, "|---|" + ("---|" if before else "") + "---|---|"]
     for row in after:
         earlier = by_name.get(row["probe"], {}).get("verdict", "–")
-        message = row["message"].replace("|", "\\|") or "(as expected)"
+        fallback = "(accepted, or the run's files changed)" if row["verdict"] == "wrong" else "(ran as expected)"
+        message = row["message"].replace("|", "\\|") or fallback
         lines.append(f"| {row['probe']} | " + (f"{earlier} | " if before else "") + f"{row['verdict']} | {message} |")
     for label, rows in (("before", before), ("now", after)):
         if rows:
