@@ -107,3 +107,27 @@ def test_firmware_cost_explains_the_gap_with_requantized_outputs_per_mac():
     lines = "\n".join(_requantization_section(results, "##")).splitlines()
     rows = [line for line in lines if line.startswith("| A") or line.startswith("| B")]
     assert rows[0].endswith("| 20.0 | 100.0 |") and rows[1].endswith("| 30.0 | – |")
+
+
+def test_failure_probe_report_counts_verdicts_before_and_now():
+    from benchmarks.failure_probes import report
+
+    before = [{"probe": "a", "verdict": "wrong"}, {"probe": "b", "verdict": "awkward"}]
+    now = [
+        {"probe": "a", "verdict": "clear", "message": "error: x | y"},
+        {"probe": "b", "verdict": "clear", "message": ""},
+    ]
+    text = report(now, before)
+    assert "| a | wrong | clear | error: x \\| y |" in text
+    assert "| b | awkward | clear | (ran as expected) |" in text
+    assert "before: 0 clear, 1 awkward, 1 wrong" in text and "now: 2 clear, 0 awkward, 0 wrong" in text
+
+
+def test_failure_probe_judges():
+    from benchmarks.failure_probes import Result, _refused
+
+    judge = _refused("groups")
+    assert judge(Result(1, "", "ValueError: `groups` must be one of", 3.0, "")) == "clear"
+    assert judge(Result(0, "", "", 3.0, "")) == "wrong"
+    assert judge(Result(-11, "", "", 3.0, "")) == "wrong"
+    assert judge(Result(1, "", "Traceback\n" * 3 + "x" * 2000 + "\nValueError: shapes differ", 3.0, "")) == "awkward"
