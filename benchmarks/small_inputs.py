@@ -150,7 +150,10 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         )
         for r in points:
             axis.annotate(
-                f"{r['input_size']} px", (r["macs"] / 1e6, r["int8_top1"]), xytext=(4, 3), textcoords="offset points"
+                f"{r['input_size']} px",
+                (r["macs"] / 1e6, r["int8_top1"]),
+                xytext=(4, -11) if stride == 16 else (4, 3),  # below, where two points of a size would overlap
+                textcoords="offset points",
             )
     axis.set_xscale("log")
     axis.set_xlabel("MMACs (log)")
@@ -169,12 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/small_inputs.md")
     parser.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     parser.add_argument("--work_dir", default=None, help="Keep the runs here (default: a temp folder).")
+    parser.add_argument("--from_json", default=None, help="Rewrite the page from the rows of an earlier --json.")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size, stride in CONFIGURATIONS:
-            rows.append(measure(size, stride, args.work_dir or tmp))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as handle:
+            rows = json.load(handle)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size, stride in CONFIGURATIONS:
+                rows.append(measure(size, stride, args.work_dir or tmp))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     plot_path = os.path.splitext(args.output)[0] + ".png"
     text = report(rows, plot_path)
     write_text(args.output, text)
