@@ -161,7 +161,8 @@ PROBES: tuple[Probe, ...] = (
           "micro.export(model, [images], '{work}/out', num_verify=2)\n"
           "assert not os.path.exists('{work}/.out.export-999999-x'), 'stale staging folder left'",
           _succeeds()),
-    Probe("train: one-class image folder", "--dataset=folder:{one_class} --model_dir={work}/one --epochs=1 --verbose=0",
+    Probe("train: one-class image folder",
+          "--dataset=folder:{one_class} --model_dir={work}/one --epochs=1 --batch_size=4 --verbose=0",
           _refused("class"), cli=True),
     Probe("train: --representative_samples=0 --quantize=ptq",
           _TRAIN_ARGS.replace("{work}/run", "{work}/r0") + " --quantize=ptq --representative_samples=0",
