@@ -39,7 +39,6 @@ BOTTLENECK_RATIO: float = 0.25  # "bottleneck channels ... 1/4 of the output".
 STEM_LAYOUTS: dict[int, tuple[int, bool]] = {32: (2, True), 16: (2, False), 8: (1, False)}
 OUTPUT_STRIDES: tuple[int, ...] = tuple(sorted(STEM_LAYOUTS))
 DEFAULT_OUTPUT_STRIDE: int = 32
-MIN_INPUT_SIZE: int = DEFAULT_OUTPUT_STRIDE  # the paper's stem leaves at least 1x1 from 32 px up.
 # The smallest final feature map the automatic choice accepts (output_stride_for).
 MIN_AUTO_FEATURE_MAP: int = 2
 
@@ -106,10 +105,6 @@ class NetworkSpec:
     conv1_strides: int = 2
     max_pool: bool = True
     se_ratio: int = 0
-
-    def final_feature_map(self, input_size: int) -> int:
-        """Height (or width) of Stage 4's output for an input of ``input_size`` ("same" padding rounds up)."""
-        return -(-input_size // self.output_stride)
 
 
 def make_divisible(value: float, divisor: int) -> int:
