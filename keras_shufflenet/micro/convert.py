@@ -159,14 +159,16 @@ def convert_in_child(
     """
     check_weight_quantization(weight_quantization)
     with tempfile.TemporaryDirectory(prefix="keras-shufflenet-convert-") as work:
-        jobs, graph_defs = [], {}
+        jobs, graph_defs, frozen_by_model = [], {}, {}
         for mode, model in (("float", float_model), ("int8", quant_model)):
-            frozen = _frozen_function(model)
-            graph_def = frozen.graph.as_graph_def()
-            graph_defs[mode] = (model, graph_def)
-            graph_path = os.path.join(work, f"{mode}.pb")
-            with open(graph_path, "wb") as handle:
-                handle.write(graph_def.SerializeToString())
+            if id(model) not in frozen_by_model:  # After post-training quantization both are one model.
+                frozen = _frozen_function(model)
+                graph_path = os.path.join(work, f"{mode}.pb")
+                with open(graph_path, "wb") as handle:
+                    handle.write(frozen.graph.as_graph_def().SerializeToString())
+                frozen_by_model[id(model)] = (frozen, graph_path)
+            frozen, graph_path = frozen_by_model[id(model)]
+            graph_defs[mode] = (model, frozen.graph.as_graph_def())
             jobs.append(
                 {
                     "graph": graph_path,
