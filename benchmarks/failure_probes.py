@@ -204,12 +204,17 @@ def _setup_log(work: str) -> str:
         return handle.read()
 
 
-def _write_pattern_folder(root: str, classes: int) -> None:
+def write_pattern_folder(root: str, classes: int = 4, per_class: int = 12, test_per_class: int = 4) -> None:
+    """An image folder of 32x32 gray images: class k is a bright square in quadrant k, on noise.
+
+    ``root/train/class<k>/*.png`` and ``root/test/class<k>/*.png``; up to four
+    classes. The training tests use it too.
+    """
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
+    for split, count in (("train", per_class), ("test", test_per_class)):
         for label in range(classes):
             for i in range(count):
                 image = rng.integers(0, 60, (32, 32, 1), dtype=np.uint8)
@@ -235,8 +240,8 @@ def run_probes(checkout: str = REPO, names: Sequence[str] | None = None) -> list
     """Runs the probes against ``checkout``; returns one row per probe (name, verdict, seconds, last line)."""
     work = tempfile.mkdtemp(prefix="failure-probes-")
     data, one_class = os.path.join(work, "data"), os.path.join(work, "one_class")
-    _write_pattern_folder(data, 4)
-    _write_pattern_folder(one_class, 1)
+    write_pattern_folder(data)
+    write_pattern_folder(one_class, classes=1)
     with open(os.path.join(work, "afile"), "w") as handle:
         handle.write("not a directory")
     fields = {"work": work, "data": data, "one_class": one_class}

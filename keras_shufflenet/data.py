@@ -306,7 +306,8 @@ def _load_folder(dataset: str, channels: int, holdout_fraction: float, seed: int
             f"image folder has only one class ({class_names[0]!r} in {train_root}); a classifier needs at least "
             f"two class subdirectories. Received: {dataset!r}"
         )
-    unlearnable = [name for label, name in enumerate(class_names) if label not in set(train_labels)]
+    learnable = set(train_labels)
+    unlearnable = [name for label, name in enumerate(class_names) if label not in learnable]
     if unlearnable:
         raise DataError(
             f"image folder classes without a readable training image under {train_root}: {unlearnable}. "

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import keras_shufflenet
+from benchmarks.failure_probes import write_pattern_folder as make_pattern_folder
 from keras_shufflenet import data, export_job, training
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.training import checkpointing, optimization
@@ -26,20 +27,6 @@ from keras_shufflenet.training import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "train", "main.py")
-
-
-def make_pattern_folder(root: str, per_class: int = 12, test_per_class: int = 4) -> None:
-    """Four classes of 32x32 gray images: a bright square in one quadrant, on noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", test_per_class)):
-        for label in range(4):
-            for i in range(count):
-                image = rng.integers(0, 60, (32, 32, 1), dtype=np.uint8)
-                top, left = 16 * (label // 2), 16 * (label % 2)
-                image[top + 3 : top + 13, left + 3 : left + 13] = 230
-                path = os.path.join(root, split, f"class{label}", f"{i:02d}.png")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tf.io.write_file(path, tf.io.encode_png(image))
 
 
 def tiny_config(dataset_root: str, model_dir: str, **changes: object) -> training.TrainConfig:
@@ -301,6 +288,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[training.TrainCon
     return config, metrics
 
 
+def _copy_of_trained_run(config: training.TrainConfig, model_dir: str) -> training.TrainConfig:
+    """The trained run copied to ``model_dir`` (tests change the copy, never the shared run)."""
+    shutil.copytree(config.model_dir, model_dir)
+    return config.replace(model_dir=model_dir)
+
+
 @pytest.mark.slow
 def test_training_writes_metrics_model_checkpoint_and_plot(trained: tuple[training.TrainConfig, dict]) -> None:
     config, metrics = trained
@@ -339,9 +332,8 @@ def test_eval_export_and_refused_runs_keep_the_training_record(
     trained: tuple[training.TrainConfig, dict], tmp_path: os.PathLike
 ) -> None:
     original, _ = trained
-    model_dir = str(tmp_path / "run")
-    shutil.copytree(original.model_dir, model_dir)
-    config = original.replace(model_dir=model_dir)
+    config = _copy_of_trained_run(original, str(tmp_path / "run"))
+    model_dir = config.model_dir
 
     def record() -> dict[str, bytes]:
         names = ("flags.txt", "config.json", "checkpoints/state.json", "weights.npz")
@@ -395,9 +387,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     config, _ = trained
     model_dir = str(tmp_path / "diverging")
-    shutil.copytree(config.model_dir, model_dir)
     # Adam moves every weight by about the learning rate: 1e30 overflows at once.
-    diverging = config.replace(model_dir=model_dir, epochs=4, learning_rate=1e30)
+    diverging = _copy_of_trained_run(config, model_dir).replace(epochs=4, learning_rate=1e30)
     with pytest.raises(
         training.TrainingDivergedError,
         match=r"(NaN or infinite|exploded to .*) at epoch 3, step \d+.*Last good checkpoint: epoch 2",

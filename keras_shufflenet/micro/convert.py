@@ -14,7 +14,6 @@ import collections
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_shufflenet.micro import convert_worker
+from keras_shufflenet.micro import convert_worker, verify
 from keras_shufflenet.micro.graph import input_shape_of, static_batch_model
 from keras_shufflenet.training.config import WEIGHT_QUANTIZATIONS
 
@@ -194,10 +193,7 @@ def convert_in_child(
             check=False,
         )
         if result.returncode < 0:
-            try:
-                name = signal.Signals(-result.returncode).name
-            except ValueError:
-                name = f"signal {-result.returncode}"
+            name = verify.signal_name(result.returncode)
             done = [job["mode"] for job in jobs if os.path.exists(job["output"])]
             stage = "int8 calibration and conversion" if "float" in done else "float conversion"
             model, graph_def = graph_defs["int8" if "float" in done else "float"]

@@ -159,7 +159,8 @@ def output_elements_by_op(tflite_model: bytes) -> dict[str, int]:
         for op in subgraph.operators or []:
             name = op_name(model.operatorCodes[op.opcodeIndex])
             shape = subgraph.tensors[op.outputs[0]].shape
-            counts[name] = counts.get(name, 0) + int(np.prod(shape)) if shape is not None else counts.get(name, 0)
+            if shape is not None:
+                counts[name] = counts.get(name, 0) + int(np.prod(shape))
     return counts
 
 

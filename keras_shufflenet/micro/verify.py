@@ -72,13 +72,17 @@ def _worker(args: list[str], timeout: float = _PROBE_TIMEOUT_S) -> subprocess.Co
     )
 
 
+def signal_name(returncode: int) -> str:
+    """The signal that killed a child process, from its negative return code (e.g. ``"SIGSEGV"``)."""
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def _describe_failure(result: subprocess.CompletedProcess) -> str:
     if result.returncode < 0:
-        try:
-            name = signal.Signals(-result.returncode).name
-        except ValueError:
-            name = f"signal {-result.returncode}"
-        cause = f"the TFLM process was killed by {name}"
+        cause = f"the TFLM process was killed by {signal_name(result.returncode)}"
     else:
         cause = f"the TFLM process exited with status {result.returncode}"
     tail = "\n".join(result.stderr.strip().splitlines()[-5:])

@@ -260,12 +260,9 @@ class TrainConfig:
                 self.micro.representative_samples,
                 f">= 1 with --quantize={self.micro.quantize} (int8 calibration needs images)",
             )
-        if self.scale_factor < architecture.min_scale_factor(self.groups):
-            raise bad_value(
-                "scale_factor",
-                self.scale_factor,
-                f">= {architecture.min_scale_factor(self.groups):g} with groups={self.groups}",
-            )
+        minimum_scale = architecture.min_scale_factor(self.groups)
+        if self.scale_factor < minimum_scale:
+            raise bad_value("scale_factor", self.scale_factor, f">= {minimum_scale:g} with groups={self.groups}")
         smallest = self.output_stride or min(architecture.OUTPUT_STRIDES)
         if self.data.input_size < smallest:
             stem = f"output_stride={self.output_stride}" if self.output_stride else "any output stride"
