@@ -1,6 +1,6 @@
 """From a trained Keras ShuffleNet to verified TensorFlow Lite for Microcontrollers firmware files.
 
-:func:`export` prunes (optional), quantizes to full int8 (post-training or
+:func:`export` prunes and clusters (optional), quantizes to full int8 (post-training or
 quantization-aware), converts a static batch-1 graph, verifies the int8 model
 in the TFLite Micro interpreter and writes the C++ sources of ``tflm/``.
 
@@ -9,7 +9,9 @@ Modules, one concept each:
 * :mod:`~keras_shufflenet.micro.export`: the pipeline of named stages;
   :mod:`~keras_shufflenet.micro.options` checks its arguments;
 * :mod:`~keras_shufflenet.micro.samples`: calibration, eval and firmware images;
-* :mod:`~keras_shufflenet.micro.compression`: tfmot pruning and QAT;
+* :mod:`~keras_shufflenet.micro.compression`: tfmot pruning, clustering and QAT;
+* :mod:`~keras_shufflenet.micro.tflm_compression`: weights stored compressed
+  (LUT, pruned) and decoded by TFLM's DECODE operator;
 * :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,
   the layers TFLite should see, the ReLU move);
 * :mod:`~keras_shufflenet.micro.convert`: float and int8 conversion (in a
@@ -33,6 +35,16 @@ Modules, one concept each:
 from keras_shufflenet.micro.convert import ConversionCrashError
 from keras_shufflenet.micro.export import export
 from keras_shufflenet.micro.flatbuffer import UnsupportedOpError
+from keras_shufflenet.micro.options import Compression
+from keras_shufflenet.micro.tflm_compression import CompressionError
 from keras_shufflenet.micro.verify import TFLMError, VerificationError
 
-__all__ = ["ConversionCrashError", "TFLMError", "UnsupportedOpError", "VerificationError", "export"]
+__all__ = [
+    "Compression",
+    "CompressionError",
+    "ConversionCrashError",
+    "TFLMError",
+    "UnsupportedOpError",
+    "VerificationError",
+    "export",
+]

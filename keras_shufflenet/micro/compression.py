@@ -144,6 +144,97 @@ def prune(
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
+def is_clusterable(layer: Any) -> bool:
+    """Conv2D (grouped or not) and Dense kernels; tfmot's clustering leaves DepthwiseConv2D alone."""
+    return is_prunable(layer)
+
+
+def cluster(
+    model: Any,
+    train_data: Any,
+    clusters: int,
+    epochs: int,
+    per_channel: bool = False,
+    preserve_sparsity: bool = False,
+    learning_rate: float = 1e-4,
+    verbose: int = 0,
+) -> Any:
+    """Folds batch norms, clusters conv and dense kernels to shared values while fine-tuning, strips the wrappers.
+
+    Batch norms are folded into their convolutions first
+    (:func:`keras_shufflenet.micro.graph.fold_batch_norms`), so the clustered
+    kernels are the ones the int8 model stores. Each kernel (with
+    ``per_channel``, each output channel) keeps ``clusters`` centroids,
+    initialized by k-means++ and trained with the weights. After int8
+    conversion a kernel quantized per tensor holds at most ``clusters``
+    distinct values, and one quantized per channel at most ``clusters`` per
+    channel: TFLM's LUT compression stores them as
+    ``ceil(log2(clusters))``-bit indices and one table per tensor (or per
+    channel).
+
+    Args:
+      model: A tf_keras functional model (see :func:`require_legacy_keras`).
+      train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)`` batches.
+      clusters: Centroids per kernel (or per output channel), ``>= 2``.
+      epochs: Fine-tuning epochs, ``>= 1``.
+      per_channel: One set of centroids per output channel of each
+        convolution (Dense kernels are clustered per tensor). Defaults to
+        `False`: one set per kernel, for weights quantized per tensor.
+      preserve_sparsity: Keep pruned weights at zero (after :func:`prune`).
+        Defaults to `False`.
+      learning_rate: Adam learning rate of the fine-tuning. Defaults to `1e-4`.
+      verbose: Keras ``fit`` verbosity. Defaults to `0`.
+
+    Returns:
+      A new, stripped tf_keras model without the folded batch norms (the
+      caller's model is not changed).
+    """
+    require_legacy_keras(model, "clusters", clusters)
+    import tensorflow_model_optimization as tfmot
+
+    # preserve_sparsity and cluster_per_channel are only on the experimental entry point.
+    from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster as experimental
+
+    from keras_shufflenet.micro.graph import fold_batch_norms
+
+    total_steps = _steps_per_epoch(train_data) * epochs
+    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+
+    def wrap(layer: Any) -> Any:
+        if not is_clusterable(layer):
+            return layer
+        # tfmot clusters a kernel only if it has more weights (per channel) than clusters; smaller ones already fit.
+        return experimental.cluster_weights(
+            layer,
+            number_of_clusters=clusters,
+            cluster_centroids_init=init,
+            preserve_sparsity=preserve_sparsity,
+            cluster_per_channel=per_channel and isinstance(layer, keras.layers.Conv2D),
+        )
+
+    clustered = keras.models.clone_model(fold_batch_norms(model), clone_function=wrap)
+    _compile_for_finetuning(clustered, learning_rate, model, total_steps)
+    clustered.fit(train_data, epochs=epochs, verbose=verbose)
+    return tfmot.clustering.keras.strip_clustering(clustered)
+
+
+def distinct_weights(model: Any, per_channel: bool) -> dict[str, Any]:
+    """Most distinct values per kernel (or per output channel) of each conv and dense layer, and the largest.
+
+    Count on a model whose batch norms are folded
+    (:func:`keras_shufflenet.micro.graph.fold_batch_norms`): those are the
+    kernels the int8 model stores.
+    """
+    layers = {}
+    for layer in model.layers:
+        if not is_clusterable(layer):
+            continue
+        kernel = np.asarray(layer.get_weights()[0])
+        rows = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1) if per_channel else kernel.reshape(1, -1)
+        layers[layer.name] = max(len(np.unique(row)) for row in rows)
+    return {"max": max(layers.values(), default=0), "per_channel": per_channel, "layers": layers}
+
+
 def weight_sparsity(model: Any) -> dict[str, Any]:
     """Fraction of exactly-zero kernel weights per conv/dense layer, and which layers stayed dense.
 

@@ -20,8 +20,18 @@ from typing import Any
 import numpy as np
 
 from keras_shufflenet import run_dir
-from keras_shufflenet.micro import c_sources, compact, compression, convert, flatbuffer, report, samples, verify
-from keras_shufflenet.micro.options import ExportOptions
+from keras_shufflenet.micro import (
+    c_sources,
+    compact,
+    compression,
+    convert,
+    flatbuffer,
+    report,
+    samples,
+    tflm_compression,
+    verify,
+)
+from keras_shufflenet.micro.options import Compression, ExportOptions
 from keras_shufflenet.micro.options import validate as validate_options
 from keras_shufflenet.profiling import profile
 
@@ -40,25 +50,37 @@ class _Data:
 
 @dataclasses.dataclass
 class _Compressed:
-    """The float model after pruning, the model to quantize (after QAT), and their statistics."""
+    """The float model after pruning and clustering, the model to quantize (after QAT), and their statistics."""
 
     float_model: Any
     quant_model: Any
     sparsity: dict[str, Any]
+    clustering: dict[str, Any] | None
     accuracy: dict[str, Any]
 
 
 @dataclasses.dataclass
 class _Converted:
-    """The flatbuffers, their operators and int8 I/O, and where they were written."""
+    """The flatbuffers, their operators and int8 I/O, and where they were written.
+
+    ``tflm_path`` is the model the board gets: ``stored.model`` (weights
+    compressed, with DECODE operators) when that is smaller, else the compact
+    dense model. With compression, ``dense_tflm_path`` is the same model dense.
+    """
 
     float_tflite: bytes
     int8_tflite: bytes
     compact_model: compact.CompactModel
+    stored: tflm_compression.CompressedModel
     ops: list[str]
     io: dict[str, Any]
     files: list[str]
     tflm_path: str
+    dense_tflm_path: str | None
+
+    @property
+    def board_model(self) -> bytes:
+        return self.stored.model
 
 
 @dataclasses.dataclass
@@ -74,6 +96,7 @@ class _Verified:
     float_top1: float | None
     int8_top1: float | None
     instructions: int | None
+    decode: dict[str, Any] | None
 
 
 class _Timer:
@@ -117,6 +140,28 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             model, train_data, options.prune_sparsity, options.prune_epochs, verbose=options.verbose
         )
         timer.lap("prune")
+    clustering = None
+    settings = options.compression
+    if settings.clustering:
+        if data.eval_images is not None:
+            before = float_model.predict(data.eval_images, batch_size=64, verbose=0)
+            accuracy["float_top1_before_clustering"] = _top1(before, data.eval_labels)
+        float_model = compression.cluster(
+            float_model,
+            train_data,
+            settings.clusters,
+            settings.epochs,
+            per_channel=settings.per_channel,
+            preserve_sparsity=options.pruning,
+            verbose=options.verbose,
+        )
+        clustering = {
+            "clusters": settings.clusters,
+            "per_channel": settings.per_channel,
+            "epochs": settings.epochs,
+            "distinct": compression.distinct_weights(float_model, settings.per_channel),
+        }
+        timer.lap("cluster")
     sparsity = compression.weight_sparsity(float_model)
     sparsity.update(target=options.prune_sparsity, note=compression.PRUNING_ON_TFLM)
     quant_model = float_model
@@ -125,7 +170,7 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             float_model, train_data, options.qat_epochs, preserve_sparsity=options.pruning, verbose=options.verbose
         )
         timer.lap("quantization-aware training")
-    return _Compressed(float_model, quant_model, sparsity, accuracy)
+    return _Compressed(float_model, quant_model, sparsity, clustering, accuracy)
 
 
 def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOptions, staging: str) -> _Converted:
@@ -135,23 +180,34 @@ def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOp
         compressed.float_model, compressed.quant_model, calibration, options.weight_quantization
     )
     flatbuffer.check_static_shapes(int8_tflite)
-    ops = flatbuffer.check_tflm_ops(int8_tflite)
+    flatbuffer.check_tflm_ops(int8_tflite)
     io = flatbuffer.io_quantization(int8_tflite)
     if io["input"]["dtype"] != "int8" or io["output"]["dtype"] != "int8":
         raise ValueError(f"The converted model is not full int8: input/output types {io}.")
     # What the board gets: the same int8 model without the bookkeeping TFLM
     # never reads (see compact.py); verified against the standard file.
     compact_model = compact.compact_for_tflm(int8_tflite)
+    # Weights stored compressed where that is smaller (see tflm_compression.py);
+    # verified below to give the dense model's outputs bit for bit.
+    settings = options.compression
+    stored = tflm_compression.compress(compact_model.model, settings.store, settings.lut_index_bits)
     contents = {
         f"{options.name}_float.tflite": float_tflite,
         f"{options.name}_int8.tflite": int8_tflite,
-        f"{options.name}_int8_tflm.tflite": compact_model.model,
+        f"{options.name}_int8_tflm.tflite": stored.model,
     }
+    dense_tflm_path = None
+    if stored.compressed_tensors:
+        contents[f"{options.name}_int8_tflm_dense.tflite"] = compact_model.model
+        dense_tflm_path = os.path.join(staging, f"{options.name}_int8_tflm_dense.tflite")
     for filename, content in contents.items():
         with open(os.path.join(staging, filename), "wb") as handle:
             handle.write(content)
     tflm_path = os.path.join(staging, f"{options.name}_int8_tflm.tflite")
-    return _Converted(float_tflite, int8_tflite, compact_model, ops, io, list(contents), tflm_path)
+    board_ops = sorted(flatbuffer.op_histogram(stored.model))
+    return _Converted(
+        float_tflite, int8_tflite, compact_model, stored, board_ops, io, list(contents), tflm_path, dense_tflm_path
+    )
 
 
 def _verify(
@@ -189,9 +245,23 @@ def _verify(
         accuracy["top1_agreement"] = float(np.mean(float_outputs.argmax(axis=1) == predicted))
     timer.lap("verify in TFLM")
 
+    decode = None
+    if converted.dense_tflm_path is not None:
+        decode = _check_lossless(converted, int8_inputs, tflm_outputs, options)
+        timer.lap("verify compressed weights")
     instructions = None
     if options.count_instructions:
-        instructions = verify.count_instructions(converted.tflm_path, arena_bytes, int8_inputs[0])
+        counted = verify.count_instructions_by_op(converted.tflm_path, arena_bytes, int8_inputs[0])
+        instructions = None if counted is None else counted.total
+        if decode is not None and counted is not None:
+            dense = verify.count_instructions(
+                converted.dense_tflm_path, decode["dense_arena"].recommended_bytes, int8_inputs[0]
+            )
+            decode.update(
+                instructions=counted.total,
+                dense_instructions=dense,
+                decode_instructions=counted.by_op.get(tflm_compression.DECODE_OP, 0),
+            )
         timer.lap("count instructions")
     return _Verified(
         search,
@@ -203,7 +273,26 @@ def _verify(
         float_top1,
         int8_top1,
         instructions,
+        decode,
     )
+
+
+def _check_lossless(
+    converted: _Converted, int8_inputs: np.ndarray, outputs: np.ndarray, options: ExportOptions
+) -> dict[str, Any]:
+    """Runs the dense model in TFLM too: the compressed one must give its outputs bit for bit."""
+    dense_arena = verify.find_min_arena(converted.dense_tflm_path, margin=options.arena_margin)
+    dense_outputs = verify.run_tflm(converted.dense_tflm_path, dense_arena.recommended_bytes, int8_inputs)
+    differing = int(
+        np.count_nonzero(np.any(dense_outputs.reshape(len(outputs), -1) != outputs.reshape(len(outputs), -1), axis=1))
+    )
+    if differing:
+        raise verify.VerificationError(
+            f"The model with compressed weights gives different TFLM outputs from the same model dense on "
+            f"{differing} of {len(outputs)} samples: the encoding is not lossless. Export with "
+            "compression=Compression(store='dense') to store the weights dense."
+        )
+    return {"dense_arena": dense_arena, "lossless_samples": len(outputs)}
 
 
 def _write_firmware_sources(
@@ -214,7 +303,7 @@ def _write_firmware_sources(
     os.mkdir(tflm_dir)
     return c_sources.write_firmware(
         tflm_dir,
-        converted.compact_model.model,
+        converted.board_model,
         options.name,
         converted.io,
         converted.ops,
@@ -236,6 +325,7 @@ def export(
     prune_epochs: int = 0,
     quantize: str = "ptq",
     weight_quantization: str = "per_channel",
+    compression: Compression | dict[str, Any] | None = None,
     labels: Sequence[str] | None = None,
     num_representative: int = 200,
     num_verify: int = 100,
@@ -250,7 +340,8 @@ def export(
 ) -> dict[str, Any]:
     """Prunes, quantizes to int8, converts, verifies in TFLite Micro and writes the firmware files.
 
-    Steps: optional magnitude pruning (fine-tuning on ``train_data``), full
+    Steps: optional magnitude pruning and weight clustering (each
+    fine-tuning on ``train_data``), full
     int8 quantization (post-training, or quantization-aware training),
     conversion of a static batch-1 graph to ``<name>_float.tflite`` and
     ``<name>_int8.tflite``, a check of the operators against TFLite Micro,
@@ -258,6 +349,14 @@ def export(
     kernels, int8 vs float top-1, the smallest tensor arena by search in child
     processes), then ``tflm/`` firmware sources and ``report.json`` /
     ``report.md``.
+
+    The board's model stores its weights compressed where that is smaller
+    (``compression.store``, default ``"auto"``): pruned kernels in TFLM's
+    pruned encoding, clustered ones as LUT indices, decoded at run time by
+    TFLM's DECODE operator (firmware built with ``USE_TFLM_COMPRESSION``).
+    Its TFLM outputs must equal the dense model's bit for bit on every eval
+    sample; the report gives both models' flash, arena and (with
+    ``count_instructions``) instructions.
 
     Everything is produced and verified in a scratch directory next to
     ``output_dir`` and only then moved in, artifact by artifact, with atomic
@@ -292,6 +391,10 @@ def export(
         per weight tensor: 4 bytes of flash less per output channel, at an
         accuracy cost to measure; post-training quantization only).
         Defaults to `"per_channel"`.
+      compression: Weight clustering and how the weights are stored: a
+        :class:`~keras_shufflenet.micro.Compression` or a dict of its
+        fields. Defaults to `None`: no clustering, and each weight tensor
+        stored in the smallest of dense, LUT and pruned.
       labels: Class names, one per output class, written to
         ``model_settings.h``. Defaults to `None` (the class indices).
       num_representative: Images that calibrate the int8 ranges. Defaults to `200`.
@@ -320,7 +423,9 @@ def export(
 
     Raises:
       ValueError: For invalid arguments or data (naming the argument and the
-        value), unsupported TFLM operators, or an ``arena_bytes`` that is too small.
+        value), unsupported TFLM operators, an ``arena_bytes`` that is too
+        small, or (``compression.store="lut"``) a weight tensor with too
+        many distinct values for its table.
       OSError: If ``output_dir`` cannot be written.
       keras_shufflenet.micro.verify.TFLMError: If TFLM cannot run the model.
       keras_shufflenet.micro.verify.VerificationError: If TFLM's outputs are
@@ -335,6 +440,7 @@ def export(
         name=name,
         quantize=quantize,
         weight_quantization=weight_quantization,
+        compression=compression,
         prune_sparsity=prune_sparsity,
         prune_epochs=prune_epochs,
         qat_epochs=qat_epochs,
@@ -374,6 +480,9 @@ def export(
             float_tflite=converted.float_tflite,
             int8_tflite=converted.int8_tflite,
             compact_model=converted.compact_model,
+            stored=converted.stored,
+            clustering=compressed.clustering,
+            decode=verified.decode,
             io=converted.io,
             arena=verified.arena,
             arena_bytes=verified.arena_bytes,

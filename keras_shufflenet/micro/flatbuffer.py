@@ -112,6 +112,8 @@ TFLM_OP_RESOLVER_METHODS: dict[str, str] = {
     "VAR_HANDLE": "AddVarHandle",
     "WHILE": "AddWhile",
     "ZEROS_LIKE": "AddZerosLike",
+    # A custom operator: decodes weights stored compressed (TFLM built with USE_TFLM_COMPRESSION).
+    "CUSTOM(TFLM_DECODE)": "AddDecode",
 }
 
 _BUILTIN_NAMES: dict[int, str] = {

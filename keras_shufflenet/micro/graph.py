@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from keras_shufflenet.keras_compat import keras
@@ -75,6 +76,17 @@ class PassThrough(keras.layers.Layer):
         return inputs
 
 
+class PassThroughReLU(PassThrough):
+    """A ReLU standing for a folded batch norm that took the ReLU after a concatenation (see :func:`fold_batch_norms`).
+
+    TFLite fuses it into the biased convolution before. It accepts the call
+    arguments of the layer it stands for.
+    """
+
+    def call(self, inputs: Any, mask: Any = None, training: Any = None) -> Any:
+        return tf.nn.relu(inputs)
+
+
 class BatchNormalizationReLU(keras.layers.BatchNormalization):
     """``BatchNormalization`` followed by a ReLU; TFLite folds both into the preceding convolution."""
 
@@ -109,6 +121,18 @@ def _is_non_negative(layer: Any) -> bool:
     return False
 
 
+def _consumer_counts(model: Any) -> dict[str, int]:
+    """How many layers (and model outputs) read each layer's output, by layer name."""
+    consumers: dict[str, int] = {}
+    for layer in model.layers:
+        for tensor in _input_list(layer) if layer._inbound_nodes else []:
+            name = _producer(tensor).name
+            consumers[name] = consumers.get(name, 0) + 1
+    for tensor in model.outputs:
+        consumers[_producer(tensor).name] = consumers.get(_producer(tensor).name, 0) + 1
+    return consumers
+
+
 def relus_through_concats(model: Any) -> tuple[set[str], set[str]]:
     """The ReLUs after a concatenation that the export moves onto the concatenation's inputs.
 
@@ -133,13 +157,7 @@ def relus_through_concats(model: Any) -> tuple[set[str], set[str]]:
         return set(), set()
     if any(len(layer._inbound_nodes) > 1 for layer in model.layers):
         return set(), set()  # A shared layer: its inputs are not one tensor each; leave the graph as it is.
-    consumers: dict[str, int] = {}
-    for layer in model.layers:
-        for tensor in _input_list(layer) if layer._inbound_nodes else []:
-            name = _producer(tensor).name
-            consumers[name] = consumers.get(name, 0) + 1
-    for tensor in model.outputs:
-        consumers[_producer(tensor).name] = consumers.get(_producer(tensor).name, 0) + 1
+    consumers = _consumer_counts(model)
     dropped: set[str] = set()
     fused: set[str] = set()
     for relu in model.layers:
@@ -153,7 +171,8 @@ def relus_through_concats(model: Any) -> tuple[set[str], set[str]]:
             source = _producer(tensor)
             if _is_non_negative(source):
                 continue
-            if isinstance(source, keras.layers.BatchNormalization) and consumers.get(source.name) == 1:
+            # A batch norm takes the ReLU; so does one folded away (a PassThrough after a biased conv).
+            if isinstance(source, (keras.layers.BatchNormalization, PassThrough)) and consumers.get(source.name) == 1:
                 takers.append(source.name)
                 continue
             break
@@ -171,6 +190,8 @@ def _export_layer(layer: Any, dropped_relus: set[str] = frozenset(), relu_batch_
     if layer.name in dropped_relus:
         return PassThrough(name=layer.name)
     if layer.name in relu_batch_norms:
+        if isinstance(layer, PassThrough):
+            return PassThroughReLU(name=layer.name)
         return BatchNormalizationReLU.from_config(config)
     if type(layer) is PointwiseGroupConv2D:
         # TFLite's grouped CONV_2D, not the training-time matmul lowering.
@@ -185,6 +206,70 @@ def _export_layer(layer: Any, dropped_relus: set[str] = frozenset(), relu_batch_
         conv = DenseAsPointwiseConv.from_config(inner.get_config())
         return type(layer)(conv, quantize_config=layer.quantize_config, name=layer.name)
     return layer.__class__.from_config(config)
+
+
+def _folded_weights(conv: Any, batch_norm: Any) -> list[np.ndarray]:
+    """``conv`` then ``batch_norm`` (inference statistics) as one conv's ``[kernel, bias]``."""
+    weights = iter(batch_norm.get_weights())
+    channels = batch_norm.moving_mean.shape[-1]
+    gamma = next(weights) if batch_norm.scale else np.ones(channels, np.float32)
+    beta = next(weights) if batch_norm.center else np.zeros(channels, np.float32)
+    mean, variance = next(weights), next(weights)
+    scale = gamma / np.sqrt(variance + batch_norm.epsilon)
+    conv_weights = conv.get_weights()
+    kernel = conv_weights[0]
+    bias = conv_weights[1] if conv.use_bias else np.zeros(channels, np.float32)
+    # The output channel is the kernel's last axis, or (depthwise) input channel x multiplier.
+    kernel = kernel * scale.reshape(kernel.shape[-2:] if isinstance(conv, keras.layers.DepthwiseConv2D) else (-1,))
+    return [kernel.astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
+
+
+def fold_batch_norms(model: Any) -> Any:
+    """A copy of ``model`` with each batch norm after a convolution folded into it, as TFLite's converter does.
+
+    The convolution gains a bias, the batch norm becomes a
+    :class:`PassThrough` of the same name, and the outputs are those of the
+    model in inference mode. Weight clustering uses it so that the weights it
+    clusters are the ones the int8 model stores: clustered before folding,
+    each output channel's batch-norm scale would multiply its shared values
+    into values of its own.
+
+    Args:
+      model: A functional Keras model (Keras 3 or tf_keras).
+
+    Returns:
+      The folded copy (``model`` is not changed).
+    """
+    consumers = _consumer_counts(model)
+    folds: dict[str, Any] = {}  # Conv name -> its batch norm.
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or not layer._inbound_nodes:
+            continue
+        conv = _producer(layer.input)
+        axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
+        last_axis = axis in (-1, len(layer.input.shape) - 1)
+        if isinstance(conv, keras.layers.Conv2D | keras.layers.DepthwiseConv2D) and consumers.get(conv.name) == 1:
+            if last_axis and getattr(conv, "data_format", "channels_last") == "channels_last":
+                folds[conv.name] = layer
+    folded_norms = {norm.name for norm in folds.values()}
+
+    def fold(layer: Any) -> Any:
+        if layer.name in folded_norms:
+            return PassThrough(name=layer.name)
+        if layer.name in folds:
+            return layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+        if isinstance(layer, keras.layers.Lambda):
+            return layer
+        return layer.__class__.from_config(layer.get_config())
+
+    with _clone_scope(model):
+        folded = keras.models.clone_model(model, clone_function=fold)
+    for layer in folded.layers:
+        if layer.name in folds:
+            layer.set_weights(_folded_weights(model.get_layer(layer.name), folds[layer.name]))
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return folded
 
 
 def clone_with_weights(model: Any, clone_function: Callable[[Any], Any], input_tensors: Any = None) -> Any:

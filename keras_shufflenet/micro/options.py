@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_shufflenet.micro import c_sources, compression, convert, verify
+from keras_shufflenet.micro import c_sources, compression, convert, tflm_compression, verify
 from keras_shufflenet.micro.graph import input_shape_of
 from keras_shufflenet.training.config import EXPORT_QUANTIZE_MODES
 
@@ -19,6 +19,124 @@ from keras_shufflenet.training.config import EXPORT_QUANTIZE_MODES
 # (The classifier is exported as a 1x1 CONV_2D, see graph.DenseAsPointwiseConv:
 # TFLM's FULLY_CONNECTED rounds differently from the reference kernel on some inputs.)
 DEFAULT_TOLERANCE_LSB = {"ptq": 0, "qat": 0}
+
+
+# tfmot clusters need at least 2 centroids; TFLM's LUT indices are at most 7 bits.
+MAX_CLUSTERS = 2**tflm_compression.MAX_INDEX_BITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """Weight clustering and how the int8 weights are stored for TFLite Micro.
+
+    Attributes:
+      clusters: Shared values per kernel (per output channel with
+        ``per_channel``) after clustering with tensorflow-model-optimization,
+        in [2, 128]; 0 does not cluster. The int8 weights are then stored as
+        LUT indices of ``index_bits`` bits. Defaults to `0`.
+      per_channel: Cluster each output channel of a convolution on its own,
+        for weights quantized per channel (one LUT table per channel).
+        Defaults to `False`: one set of centroids per kernel, for
+        ``weight_quantization="per_tensor"`` and one table per tensor
+        (ShuffleNet's grouped 1x1 convs have few weights per channel, so
+        per-channel tables cost about as much as they save).
+      epochs: Fine-tuning epochs of clustering, ``>= 1``. Defaults to `2`.
+      store: How the weights are stored in the flatbuffer, decoded by TFLM's
+        DECODE operator: ``"auto"`` (per tensor the smallest of LUT, pruned
+        and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
+        and dense kernel as a LUT), ``"prune"`` (every pruned kernel in the
+        pruned encoding) or ``"dense"``. Defaults to `"auto"`.
+      index_bits: LUT index width in [1, 7]. Defaults to `None`: the width
+        that addresses ``clusters`` values (what each tensor needs without
+        clustering).
+    """
+
+    clusters: int = 0
+    per_channel: bool = False
+    epochs: int = 2
+    store: str = "auto"
+    index_bits: int | None = None
+
+    @property
+    def clustering(self) -> bool:
+        return self.clusters > 0
+
+    @property
+    def lut_index_bits(self) -> int | None:
+        """The LUT width asked for: ``index_bits``, else the width ``clusters`` needs."""
+        if self.index_bits is not None:
+            return self.index_bits
+        return tflm_compression.index_bits_for(self.clusters) if self.clustering else None
+
+
+def _compression(value: Any, quantize: str, weight_quantization: str, model: Any) -> Compression:
+    """Checks the ``compression`` argument (a :class:`Compression`, a dict of its fields, or None)."""
+    if value is None:
+        return Compression()
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(Compression)})
+        if unknown:
+            raise ValueError(
+                f"`compression` has unknown keys {unknown}; allowed: "
+                f"{[f.name for f in dataclasses.fields(Compression)]}. Received: compression={value!r}"
+            )
+        value = Compression(**value)
+    if not isinstance(value, Compression):
+        raise ValueError(
+            f"`compression` must be a keras_shufflenet.micro.Compression, a dict of its fields or None. "
+            f"Received: compression={value!r}"
+        )
+    clusters = value.clusters
+    if (
+        isinstance(clusters, bool)
+        or not isinstance(clusters, (int, np.integer))
+        or not (clusters == 0 or 2 <= clusters <= MAX_CLUSTERS)
+    ):
+        raise ValueError(
+            f"`compression.clusters` must be 0 (no clustering) or an integer in [2, {MAX_CLUSTERS}] (TFLM's LUT "
+            f"indices are at most {tflm_compression.MAX_INDEX_BITS} bits). Received: clusters={clusters!r}"
+        )
+    if value.store not in tflm_compression.STORE_MODES:
+        raise ValueError(
+            f"`compression.store` must be one of {tflm_compression.STORE_MODES}. Received: store={value.store!r}"
+        )
+    if not isinstance(value.per_channel, bool):
+        raise ValueError(f"`compression.per_channel` must be True or False. Received: {value.per_channel!r}")
+    tflm_compression.check_index_bits(value.index_bits, int(clusters))
+    if value.clustering:
+        _check_count("compression.epochs", value.epochs, 1)
+        compression.require_legacy_keras(model, "compression.clusters", clusters)
+        if quantize != "ptq":
+            raise ValueError(
+                f"`compression.clusters`={clusters} works with quantize='ptq' only: quantization-aware training "
+                f"moves the clustered weights off their shared values. Received: quantize={quantize!r}"
+            )
+        if value.store == "dense":
+            raise ValueError(
+                f"`compression.clusters`={clusters} with store='dense' clusters the weights but stores them dense, "
+                "which saves no flash: use store='auto' or 'lut'."
+            )
+    per_tensor = weight_quantization == "per_tensor"
+    if value.clustering and value.per_channel and per_tensor:
+        raise ValueError(
+            "`compression.per_channel`=True clusters each output channel on its own, which "
+            "weight_quantization='per_tensor' cannot serve: one table per tensor would need every channel's "
+            "values. Use per_channel=False (one set of centroids per kernel) or weight_quantization='per_channel'."
+        )
+    if value.store == "lut" and not value.clustering:
+        # Before any work: the folded float kernels' distinct values bound the int8 ones.
+        from keras_shufflenet.micro.graph import fold_batch_norms
+
+        bits = value.index_bits or tflm_compression.MAX_INDEX_BITS
+        counts = compression.distinct_weights(fold_batch_norms(model), per_channel=not per_tensor)["layers"]
+        for layer, distinct in counts.items():
+            if distinct > 2**bits:
+                raise ValueError(
+                    f"`compression.store`='lut' cannot store layer '{layer}': its kernel has {distinct} distinct "
+                    f"values {'per tensor' if per_tensor else 'in one output channel'} and a {bits}-bit table holds "
+                    f"{2**bits}. Cluster the weights (`compression.clusters` <= {2**bits}) or use store='auto'."
+                )
+    return value
 
 
 @dataclasses.dataclass
@@ -39,6 +157,7 @@ class ExportOptions:
     count_instructions: bool
     tolerance_lsb: int
     verbose: int
+    compression: Compression
     input_shape: tuple[int, int, int]
     classes: int | None
     labels: list[str] | None
@@ -90,8 +209,9 @@ def validate(model: Any, train_data: Any, eval_data: Any, **args: Any) -> Export
     if quantize == "qat":
         compression.require_legacy_keras(model, "quantize", quantize)
         qat_epochs = _check_count("qat_epochs", qat_epochs, 1)
-    if (prune_sparsity > 0 or quantize == "qat") and train_data is None:
-        raise ValueError("`train_data` is required for pruning or QAT (both fine-tune the model).")
+    compression_options = _compression(args["compression"], quantize, args["weight_quantization"], model)
+    if (prune_sparsity > 0 or quantize == "qat" or compression_options.clustering) and train_data is None:
+        raise ValueError("`train_data` is required for pruning, clustering or QAT (each fine-tunes the model).")
     input_shape = input_shape_of(model)
     output_shape = tuple(model.outputs[0].shape[1:])
     classes = int(output_shape[0]) if len(output_shape) == 1 else None
@@ -123,6 +243,7 @@ def validate(model: Any, train_data: Any, eval_data: Any, **args: Any) -> Export
             "tolerance_lsb", DEFAULT_TOLERANCE_LSB[quantize] if tolerance_lsb is None else tolerance_lsb, 0
         ),
         verbose=args["verbose"],
+        compression=compression_options,
         input_shape=input_shape,
         classes=classes,
         labels=labels,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
@@ -30,6 +31,9 @@ def build(
     float_tflite: bytes,
     int8_tflite: bytes,
     compact_model: Any,
+    stored: Any,
+    clustering: dict[str, Any] | None,
+    decode: dict[str, Any] | None,
     io: dict[str, Any],
     arena: Any,
     arena_bytes: int,
@@ -56,7 +60,13 @@ def build(
       weight_quantization: ``"per_channel"`` or ``"per_tensor"``.
       float_tflite: The float32 flatbuffer.
       int8_tflite: The standard full-int8 flatbuffer.
-      compact_model: The :class:`~keras_shufflenet.micro.compact.CompactModel` the board gets.
+      compact_model: The :class:`~keras_shufflenet.micro.compact.CompactModel` (dense weights).
+      stored: The :class:`~keras_shufflenet.micro.tflm_compression.CompressedModel`
+        the board gets (its model is the compact one when nothing was compressed).
+      clustering: The clustering settings and distinct values (`None` without clustering).
+      decode: With compressed weights: the dense model's arena search, the
+        samples checked lossless, and (when counted) instructions of both
+        models and of the DECODE operators.
       io: :func:`~keras_shufflenet.micro.flatbuffer.io_quantization` of the int8 model.
       arena: The :class:`~keras_shufflenet.micro.verify.ArenaSearch`.
       arena_bytes: The arena written to ``model_settings.h``.
@@ -84,7 +94,7 @@ def build(
         "params": int(model_profile.params),
         "quantize": quantize,
         "weight_quantization": weight_quantization,
-        "flash_bytes": len(compact_model.model),
+        "flash_bytes": len(stored.model),
         "int8_standard_bytes": len(int8_tflite),
         "compact": {
             "saved_bytes": compact_model.saved_bytes,
@@ -109,11 +119,45 @@ def build(
         "float_tflite_max_abs_diff": float_tflite_max_abs_diff,
         "tflm_instructions_per_inference": instructions,
         "sparsity": sparsity,
-        "ops": flatbuffer.op_histogram(int8_tflite),
+        "clustering": clustering,
+        "weight_storage": _weight_storage(stored, arena, instructions, decode),
+        "ops": flatbuffer.op_histogram(stored.model),
         "io": io,
         "representative_samples": representative_samples,
         "files": [*files, "report.json", "report.md"],
     }
+
+
+def _weight_storage(stored: Any, arena: Any, instructions: int | None, decode: dict[str, Any] | None) -> dict[str, Any]:
+    """Dense against compressed: flash, arena and instructions, and how each weight tensor is stored."""
+    result: dict[str, Any] = {
+        "compressed": bool(stored.compressed_tensors),
+        **stored.summary(),
+        "tensors": [dataclasses.asdict(tensor) for tensor in stored.tensors],
+    }
+    if decode is None:
+        return result
+    dense_arena = decode["dense_arena"].min_bytes
+    result.update(
+        dense_arena_min_bytes=dense_arena,
+        arena_min_bytes=arena.min_bytes,
+        arena_growth_bytes=arena.min_bytes - dense_arena,
+        lossless_samples=decode["lossless_samples"],
+        note=(
+            "Outputs of the compressed model in TFLM equal the dense model's bit for bit on every sample checked. "
+            "DECODE runs before each operator that reads a compressed tensor, so the arena grows by about the "
+            "largest decoded tensor."
+        ),
+    )
+    if "instructions" in decode:
+        dense = decode["dense_instructions"]
+        result.update(
+            instructions=instructions,
+            dense_instructions=dense,
+            decode_instructions=decode["decode_instructions"],
+            instructions_ratio=round(instructions / dense, 4) if dense else None,
+        )
+    return result
 
 
 def _pct(value: float | None) -> str:
@@ -179,7 +223,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for name, info in sparsity["layers"].items():
         lines.append(f"| {name} | {info['type']} | {info['weights']:,} | {_pct(info['sparsity'])} |")
-    lines += ["", "## Operators (int8 model)", "", "| operator | count |", "|---|---:|"]
+    lines += _weight_storage_markdown(report)
+    lines += ["", "## Operators (the board's model)", "", "| operator | count |", "|---|---:|"]
     lines += [f"| {op} | {count} |" for op, count in report["ops"].items()]
     lines += ["", "## Files", ""]
     lines += [f"- `{path}`" for path in report["files"]]
@@ -187,6 +232,42 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in report["timings_s"].items()]
     lines += firmware_markdown(report.get("firmware", {}))
     return "\n".join(lines) + "\n"
+
+
+def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
+    storage = report["weight_storage"]
+    clustering = report.get("clustering")
+    lines = ["", "## Weight storage (TFLM DECODE)", ""]
+    if clustering:
+        unit = "output channel" if clustering["per_channel"] else "kernel"
+        lines += [
+            f"Clustered to {clustering['clusters']} values per {unit} ({clustering['epochs']} fine-tuning epochs, "
+            f"batch norms folded first); at most {clustering['distinct']['max']} distinct float weights per {unit}.",
+            "",
+        ]
+    if not storage["compressed"]:
+        return [*lines, "All weights are stored dense: no encoding made a tensor smaller.", ""]
+    lines += [
+        "| | dense | compressed |",
+        "|---|---:|---:|",
+        f"| flash: model bytes | {storage['dense_model_bytes']:,} | {storage['model_bytes']:,} |",
+    ]
+    if "dense_arena_min_bytes" in storage:
+        lines.append(
+            f"| tensor arena: smallest (host) | {storage['dense_arena_min_bytes']:,} | {storage['arena_min_bytes']:,} |"
+        )
+    if storage.get("dense_instructions"):
+        lines.append(
+            f"| TFLM instructions per inference (x86) | {storage['dense_instructions']:,} | "
+            f"{storage['instructions']:,} (DECODE: {storage['decode_instructions']:,}) |"
+        )
+    lines += ["", "| encoding | tensors | dense bytes | stored bytes |", "|---|---:|---:|---:|"]
+    for encoding, entry in storage["by_encoding"].items():
+        lines.append(f"| {encoding} | {entry['tensors']} | {entry['dense_bytes']:,} | {entry['stored_bytes']:,} |")
+    lines += ["", storage.get("note", "")]
+    if storage["kept_dense"]:
+        lines += ["", "Kept dense:", *[f"- {item['tensor']}: {item['why']}" for item in storage["kept_dense"]]]
+    return lines
 
 
 def firmware_markdown(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_shufflenet.micro.tflm_compression import DECODE_OP
+
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_worker.py")
 _EXIT_NO_FIT = 4  # tflm_worker.EXIT_NO_FIT (the worker is run by path, not imported).
 # TFLM aligns every arena allocation to 16 bytes; a finer search is meaningless.
@@ -265,6 +267,8 @@ _EVAL_TO_OP = {
 _ANNOTATE_LINE = re.compile(
     r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
 )
+# The DECODE operator's work: each encoding's Decode() (in namespace tflite, not tflite::micro).
+_ANNOTATE_DECODE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::DecodeState\w+::Decode\(")
 # What no kernel's Eval accounts for: the interpreter's loop over the ops.
 INTERPRETER = "(interpreter)"
 
@@ -363,5 +367,8 @@ def count_instructions_by_op(
         if parsed and parsed.group(2) in _EVAL_TO_OP:
             op = _EVAL_TO_OP[parsed.group(2)]
             by_op[op] = by_op.get(op, 0) + int(parsed.group(1).replace(",", ""))
+        decode = _ANNOTATE_DECODE_LINE.match(line)
+        if decode:
+            by_op[DECODE_OP] = by_op.get(DECODE_OP, 0) + int(decode.group(1).replace(",", ""))
     by_op[INTERPRETER] = total - sum(by_op.values())
     return InstructionCount(total, by_op)
