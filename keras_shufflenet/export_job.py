@@ -47,6 +47,7 @@ def run_micro_export(config: TrainConfig, model: Any, source: data.DataSource) -
         prune_epochs=config.micro.prune_epochs,
         quantize=config.micro.quantize,
         weight_quantization=config.micro.weight_quantization,
+        compression=config.micro.compression,
         labels=source.class_names,
         num_representative=config.micro.representative_samples,
     )

@@ -17,8 +17,9 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.micro import Compression, compact, convert, export, flatbuffer, graph, options, verify
+from keras_shufflenet.micro import Compression, compact, convert, export, flatbuffer, graph, verify
 from keras_shufflenet.micro import tflm_compression as tc
+from keras_shufflenet.training.config import ConfigError, TrainConfig
 
 _TYPES = {
     np.int8: schema_fb.TensorType.INT8,
@@ -187,7 +188,7 @@ def test_lut_storage_of_a_tensor_with_too_many_values_is_refused():
         ({"clusters": 1}, {}, r"clusters` must be 0 \(no clustering\) or an integer in \[2, 128\]"),
         ({"clusters": 256}, {}, r"\[2, 128\]"),
         ({"index_bits": 8}, {}, r"`index_bits` must be in \[1, 7\]"),
-        ({"store": "zip"}, {}, "`compression.store` must be one of"),
+        ({"store": "zip"}, {}, "`store` must be one of"),
         ({"bits": 4}, {}, "unknown keys"),
         ("lut", {}, "must be a keras_shufflenet.micro.Compression"),
         ({"store": "lut"}, {}, "cannot store layer"),
@@ -209,12 +210,14 @@ def test_bad_compression_is_refused_before_any_work(tmp_path, compression, kwarg
         ("ptq", "per_channel", Compression(clusters=8, store="dense"), "saves no flash"),
     ],
 )
-def test_compression_for_a_quantization_it_cannot_serve_is_refused(
-    monkeypatch, quantize, weight_quantization, compression, message
-):
-    monkeypatch.setattr(options.compression, "require_legacy_keras", lambda *args: None)
+def test_compression_for_a_quantization_it_cannot_serve_is_refused(quantize, weight_quantization, compression, message):
     with pytest.raises(ValueError, match=message):
-        options._compression(compression, quantize, weight_quantization, model=None)
+        compression.check(quantize, weight_quantization)
+    # The trainer refuses the same flags before training.
+    flags = {"quantize": quantize, "weight_quantization": weight_quantization, "clusters": compression.clusters}
+    flags.update(cluster_per_channel=compression.per_channel, weight_storage=compression.store)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_flat(flags)
 
 
 def test_clustering_a_keras3_model_explains_tf_keras(tmp_path):

@@ -32,19 +32,18 @@ Modules, one concept each:
   ``Invoke()`` and per operator, from qemu's trace).
 """
 
-from keras_shufflenet.micro.convert import ConversionCrashError
-from keras_shufflenet.micro.export import export
-from keras_shufflenet.micro.flatbuffer import UnsupportedOpError
-from keras_shufflenet.micro.options import Compression
-from keras_shufflenet.micro.tflm_compression import CompressionError
-from keras_shufflenet.micro.verify import TFLMError, VerificationError
+from keras_shufflenet import lazy_attributes
 
-__all__ = [
-    "Compression",
-    "CompressionError",
-    "ConversionCrashError",
-    "TFLMError",
-    "UnsupportedOpError",
-    "VerificationError",
-    "export",
-]
+# Public name -> the module that defines it, imported on first use: the
+# training config reads tflm_compression without importing TensorFlow.
+_PUBLIC = {
+    "Compression": "keras_shufflenet.micro.tflm_compression",
+    "CompressionError": "keras_shufflenet.micro.tflm_compression",
+    "ConversionCrashError": "keras_shufflenet.micro.convert",
+    "TFLMError": "keras_shufflenet.micro.verify",
+    "UnsupportedOpError": "keras_shufflenet.micro.flatbuffer",
+    "VerificationError": "keras_shufflenet.micro.verify",
+    "export": "keras_shufflenet.micro.export",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

@@ -13,60 +13,13 @@ import numpy as np
 
 from keras_shufflenet.micro import c_sources, compression, convert, tflm_compression, verify
 from keras_shufflenet.micro.graph import input_shape_of
+from keras_shufflenet.micro.tflm_compression import Compression
 from keras_shufflenet.training.config import EXPORT_QUANTIZE_MODES
 
 # Default allowed TFLM-vs-reference difference per quantization mode: none.
 # (The classifier is exported as a 1x1 CONV_2D, see graph.DenseAsPointwiseConv:
 # TFLM's FULLY_CONNECTED rounds differently from the reference kernel on some inputs.)
 DEFAULT_TOLERANCE_LSB = {"ptq": 0, "qat": 0}
-
-
-# tfmot clusters need at least 2 centroids; TFLM's LUT indices are at most 7 bits.
-MAX_CLUSTERS = 2**tflm_compression.MAX_INDEX_BITS
-
-
-@dataclasses.dataclass(frozen=True)
-class Compression:
-    """Weight clustering and how the int8 weights are stored for TFLite Micro.
-
-    Attributes:
-      clusters: Shared values per kernel (per output channel with
-        ``per_channel``) after clustering with tensorflow-model-optimization,
-        in [2, 128]; 0 does not cluster. The int8 weights are then stored as
-        LUT indices of ``index_bits`` bits. Defaults to `0`.
-      per_channel: Cluster each output channel of a convolution on its own,
-        for weights quantized per channel (one LUT table per channel).
-        Defaults to `False`: one set of centroids per kernel, for
-        ``weight_quantization="per_tensor"`` and one table per tensor
-        (ShuffleNet's grouped 1x1 convs have few weights per channel, so
-        per-channel tables cost about as much as they save).
-      epochs: Fine-tuning epochs of clustering, ``>= 1``. Defaults to `2`.
-      store: How the weights are stored in the flatbuffer, decoded by TFLM's
-        DECODE operator: ``"auto"`` (per tensor the smallest of LUT, pruned
-        and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
-        and dense kernel as a LUT), ``"prune"`` (every pruned kernel in the
-        pruned encoding) or ``"dense"``. Defaults to `"auto"`.
-      index_bits: LUT index width in [1, 7]. Defaults to `None`: the width
-        that addresses ``clusters`` values (what each tensor needs without
-        clustering).
-    """
-
-    clusters: int = 0
-    per_channel: bool = False
-    epochs: int = 2
-    store: str = "auto"
-    index_bits: int | None = None
-
-    @property
-    def clustering(self) -> bool:
-        return self.clusters > 0
-
-    @property
-    def lut_index_bits(self) -> int | None:
-        """The LUT width asked for: ``index_bits``, else the width ``clusters`` needs."""
-        if self.index_bits is not None:
-            return self.index_bits
-        return tflm_compression.index_bits_for(self.clusters) if self.clustering else None
 
 
 def _compression(value: Any, quantize: str, weight_quantization: str, model: Any) -> Compression:
@@ -86,43 +39,10 @@ def _compression(value: Any, quantize: str, weight_quantization: str, model: Any
             f"`compression` must be a keras_shufflenet.micro.Compression, a dict of its fields or None. "
             f"Received: compression={value!r}"
         )
-    clusters = value.clusters
-    if (
-        isinstance(clusters, bool)
-        or not isinstance(clusters, (int, np.integer))
-        or not (clusters == 0 or 2 <= clusters <= MAX_CLUSTERS)
-    ):
-        raise ValueError(
-            f"`compression.clusters` must be 0 (no clustering) or an integer in [2, {MAX_CLUSTERS}] (TFLM's LUT "
-            f"indices are at most {tflm_compression.MAX_INDEX_BITS} bits). Received: clusters={clusters!r}"
-        )
-    if value.store not in tflm_compression.STORE_MODES:
-        raise ValueError(
-            f"`compression.store` must be one of {tflm_compression.STORE_MODES}. Received: store={value.store!r}"
-        )
-    if not isinstance(value.per_channel, bool):
-        raise ValueError(f"`compression.per_channel` must be True or False. Received: {value.per_channel!r}")
-    tflm_compression.check_index_bits(value.index_bits, int(clusters))
+    value.check(quantize, weight_quantization)
     if value.clustering:
-        _check_count("compression.epochs", value.epochs, 1)
-        compression.require_legacy_keras(model, "compression.clusters", clusters)
-        if quantize != "ptq":
-            raise ValueError(
-                f"`compression.clusters`={clusters} works with quantize='ptq' only: quantization-aware training "
-                f"moves the clustered weights off their shared values. Received: quantize={quantize!r}"
-            )
-        if value.store == "dense":
-            raise ValueError(
-                f"`compression.clusters`={clusters} with store='dense' clusters the weights but stores them dense, "
-                "which saves no flash: use store='auto' or 'lut'."
-            )
+        compression.require_legacy_keras(model, "compression.clusters", value.clusters)
     per_tensor = weight_quantization == "per_tensor"
-    if value.clustering and value.per_channel and per_tensor:
-        raise ValueError(
-            "`compression.per_channel`=True clusters each output channel on its own, which "
-            "weight_quantization='per_tensor' cannot serve: one table per tensor would need every channel's "
-            "values. Use per_channel=False (one set of centroids per kernel) or weight_quantization='per_channel'."
-        )
     if value.store == "lut" and not value.clustering:
         # Before any work: the folded float kernels' distinct values bound the int8 ones.
         from keras_shufflenet.micro.graph import fold_batch_norms

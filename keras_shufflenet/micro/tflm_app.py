@@ -141,6 +141,12 @@ def _explain_build_failure(log: str, model_dir: str) -> str:
     return "The build failed: " + ("\n".join(errors[:5]) if errors else log[-2000:])
 
 
+def needs_decode(model_dir: str) -> bool:
+    """Whether the export's model stores weights compressed (its op resolver registers DECODE)."""
+    with open(os.path.join(model_dir, "op_resolver.h")) as handle:
+        return "AddDecode()" in handle.read()
+
+
 def build(
     model_dir: str,
     target: str = "host",
@@ -152,7 +158,8 @@ def build(
 ) -> dict[str, Any]:
     """Builds ``tflm/`` with the export's ``model_dir`` files; returns ``{"elf", "map", "seconds", "tree"}``.
 
-    TFLM itself is compiled once per tree, compiler and flags into a cache
+    A model with compressed weights (DECODE operators) builds TFLM with
+    ``USE_TFLM_COMPRESSION``. TFLM itself is compiled once per tree, compiler and flags into a cache
     (``$XDG_CACHE_HOME/keras-shufflenet/tflm``); later builds only compile the
     application and link.
 
@@ -188,6 +195,8 @@ def build(
     ]  # fmt: skip
     if arena_size is not None:
         args.append(f"ARENA_SIZE={int(arena_size)}")
+    if needs_decode(model_dir):
+        args.append("TFLM_COMPRESSION=1")  # Weights stored compressed: TFLM's DECODE support compiled in.
     start = time.monotonic()
     # The C locale keeps the compiler's messages in ASCII quotes, which the
     # explanation of a failure parses.

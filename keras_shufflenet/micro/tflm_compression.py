@@ -54,6 +54,99 @@ _PRUNE_VERSION = 1
 DECODE_OVERHEAD_BYTES = 96
 
 
+# tfmot clusters need at least 2 centroids; TFLM's LUT indices are at most 7 bits.
+MAX_CLUSTERS = 2**MAX_INDEX_BITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """Weight clustering and how the int8 weights are stored for TFLite Micro.
+
+    Attributes:
+      clusters: Shared values per kernel (per output channel with
+        ``per_channel``) after clustering with tensorflow-model-optimization,
+        in [2, 128]; 0 does not cluster. The int8 weights are then stored as
+        LUT indices of ``index_bits`` bits. Defaults to `0`.
+      per_channel: Cluster each output channel of a convolution on its own,
+        for weights quantized per channel (one LUT table per channel).
+        Defaults to `False`: one set of centroids per kernel, for
+        ``weight_quantization="per_tensor"`` and one table per tensor
+        (ShuffleNet's grouped 1x1 convs have few weights per channel, so
+        per-channel tables cost about as much as they save).
+      epochs: Fine-tuning epochs of clustering, ``>= 1``. Defaults to `2`.
+      store: How the weights are stored in the flatbuffer, decoded by TFLM's
+        DECODE operator: ``"auto"`` (per tensor the smallest of LUT, pruned
+        and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
+        and dense kernel as a LUT), ``"prune"`` (every pruned kernel in the
+        pruned encoding) or ``"dense"``. Defaults to `"auto"`.
+      index_bits: LUT index width in [1, 7]. Defaults to `None`: the width
+        that addresses ``clusters`` values (what each tensor needs without
+        clustering).
+    """
+
+    clusters: int = 0
+    per_channel: bool = False
+    epochs: int = 2
+    store: str = "auto"
+    index_bits: int | None = None
+
+    @property
+    def clustering(self) -> bool:
+        return self.clusters > 0
+
+    @property
+    def lut_index_bits(self) -> int | None:
+        """The LUT width asked for: ``index_bits``, else the width ``clusters`` needs."""
+        if self.index_bits is not None:
+            return self.index_bits
+        return index_bits_for(self.clusters) if self.clustering else None
+
+    def check(self, quantize: str = "ptq", weight_quantization: str = "per_channel") -> None:
+        """Refuses settings the decoder or the quantization cannot serve.
+
+        Args:
+          quantize: The export's ``quantize`` (``"ptq"`` or ``"qat"``).
+          weight_quantization: ``"per_channel"`` or ``"per_tensor"``.
+
+        Raises:
+          ValueError: Naming the field, the value received and what is allowed.
+        """
+        clusters = self.clusters
+        if (
+            isinstance(clusters, bool)
+            or not isinstance(clusters, (int, np.integer))
+            or not (clusters == 0 or 2 <= clusters <= MAX_CLUSTERS)
+        ):
+            raise ValueError(
+                f"`clusters` must be 0 (no clustering) or an integer in [2, {MAX_CLUSTERS}] (TFLM's LUT "
+                f"indices are at most {MAX_INDEX_BITS} bits). Received: clusters={clusters!r}"
+            )
+        if self.store not in STORE_MODES:
+            raise ValueError(f"`store` must be one of {STORE_MODES}. Received: store={self.store!r}")
+        if not isinstance(self.per_channel, bool):
+            raise ValueError(f"`per_channel` must be True or False. Received: {self.per_channel!r}")
+        check_index_bits(self.index_bits, int(clusters))
+        if self.clustering:
+            if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
+                raise ValueError(f"`epochs` of clustering must be an integer >= 1. Received: epochs={self.epochs!r}")
+            if quantize != "ptq":
+                raise ValueError(
+                    f"`clusters`={clusters} works with quantize='ptq' only: quantization-aware training "
+                    f"moves the clustered weights off their shared values. Received: quantize={quantize!r}"
+                )
+            if self.store == "dense":
+                raise ValueError(
+                    f"`clusters`={clusters} with store='dense' clusters the weights but stores them dense, "
+                    "which saves no flash: use store='auto' or 'lut'."
+                )
+        if self.clustering and self.per_channel and weight_quantization == "per_tensor":
+            raise ValueError(
+                "`per_channel`=True clusters each output channel on its own, which "
+                "weight_quantization='per_tensor' cannot serve: one table per tensor would need every channel's "
+                "values. Use per_channel=False (one set of centroids per kernel) or weight_quantization='per_channel'."
+            )
+
+
 class CompressionError(ValueError):
     """A tensor cannot be stored as requested (names the tensor, what it holds and what fits)."""
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_shufflenet import architecture
+from keras_shufflenet.micro.tflm_compression import MAX_CLUSTERS, MAX_INDEX_BITS, STORE_MODES, Compression
 
 # The choice lists of the package.
 MODES = ("train", "eval", "export")
@@ -158,11 +159,33 @@ class MicroExportConfig:
         "int8 weight scales of the micro export: per output channel, or one per tensor (smaller, PTQ only).",
         choices=WEIGHT_QUANTIZATIONS,
     )
+    clusters: int = option(
+        0,
+        "Weight clustering of the micro export: shared values per kernel, stored as LUT indices (0 = none).",
+        interval=f"[0, {MAX_CLUSTERS}]",
+    )
+    cluster_per_channel: bool = option(
+        False, "Cluster each output channel on its own (for per-channel weights; one LUT table per channel)."
+    )
+    cluster_epochs: int = option(2, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
+    weight_storage: str = option(
+        "auto",
+        "How the board's model stores weights (decoded by TFLM's DECODE): auto = per tensor the smallest of "
+        "LUT, pruned and dense.",
+        choices=STORE_MODES,
+    )
+    index_bits: int = option(
+        0, "LUT index bits of clustered weights (0 = what --clusters needs).", interval=f"[0, {MAX_INDEX_BITS}]"
+    )
     representative_samples: int = option(200, "Training images that calibrate int8 quantization.", interval="[0, inf)")
     export_dir: str = option("", "Directory of the micro export; empty uses --model_dir.")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        try:
+            self.compression.check(self.quantize, self.weight_quantization)
+        except ValueError as error:
+            raise ConfigError(str(error).replace("`per_channel`", "`cluster_per_channel`")) from None
         if self.weight_quantization == "per_tensor" and self.quantize == "qat":
             raise bad_value(
                 "weight_quantization",
@@ -176,9 +199,20 @@ class MicroExportConfig:
         return self.quantize != "none"
 
     @property
+    def compression(self) -> Compression:
+        """The ``compression`` argument of :func:`keras_shufflenet.micro.export`."""
+        return Compression(
+            clusters=self.clusters,
+            per_channel=self.cluster_per_channel,
+            epochs=self.cluster_epochs,
+            store=self.weight_storage,
+            index_bits=self.index_bits or None,
+        )
+
+    @property
     def needs_tfmot(self) -> bool:
-        """Whether the export prunes or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
-        return self.enabled and (self.prune_sparsity > 0 or self.quantize == "qat")
+        """Whether the export prunes, clusters or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
+        return self.enabled and (self.prune_sparsity > 0 or self.clusters > 0 or self.quantize == "qat")
 
 
 @dataclasses.dataclass
