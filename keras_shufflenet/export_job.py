@@ -101,6 +101,21 @@ def export_run(config: TrainConfig) -> dict[str, Any]:
     return run_dir.read_json(os.path.join(config.export_dir, run_dir.REPORT_JSON))
 
 
+def _storage_line(storage: dict[str, Any]) -> str:
+    """Dense against compressed flash (and arena), or why the weights stayed dense."""
+    if not storage.get("compressed"):
+        return "  weights stored dense (no encoding made a tensor smaller)"
+    dense, stored = storage["dense_model_bytes"], storage["model_bytes"]
+    encodings = ", ".join(f"{name} {entry['tensors']}" for name, entry in storage["by_encoding"].items())
+    line = (
+        f"  weights stored compressed (TFLM DECODE; tensors: {encodings}): flash {dense:,} dense -> {stored:,} "
+        f"bytes ({stored / dense:.1%})"
+    )
+    if "arena_growth_bytes" in storage:
+        line += f", arena {storage['arena_growth_bytes']:+,} bytes; outputs bit-identical to dense"
+    return line
+
+
 def micro_summary(report: dict[str, Any], output_dir: str) -> str:
     """A few lines on a micro export report, for the end of a run."""
 
@@ -113,6 +128,7 @@ def micro_summary(report: dict[str, Any], output_dir: str) -> str:
             f"Microcontroller export in {output_dir}:",
             f"  top-1: float {pct(report.get('float_top1'))}, int8 in TFLite Micro {pct(report.get('int8_top1'))}",
             f"  flash: {report['flash_bytes']:,} bytes (model); tensor arena: {report['arena_bytes']:,} bytes",
+            _storage_line(report.get("weight_storage", {})),
             f"  TFLM vs TFLite reference kernels: {'bit-identical' if exact.get('bit_exact') else 'DIFFERENT'}"
             f" on {exact.get('samples', 0)} samples",
             f"  sparsity of pruned kernels: {pct(report.get('sparsity', {}).get('prunable_overall'))}",

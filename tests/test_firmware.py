@@ -62,6 +62,37 @@ def quickstart_run(tmp_path_factory):
         eval_data=tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(50),
         labels=[str(i) for i in range(10)],
     )
+    return {"dir": run_dir, "report": report, "model": model, "calibration": calibration, "eval": (eval_x, eval_y)}
+
+
+def _sparse_and_shared(kernel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """60 % zeros and 4 shared values per kernel: what pruning and clustering leave, made by hand."""
+    centroids = np.quantile(kernel, [0.05, 0.35, 0.65, 0.95])
+    shared = centroids[np.abs(kernel[..., None] - centroids).argmin(-1)]
+    return np.where(rng.random(kernel.shape) < 0.6, 0.0, shared).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def compressed_run(quickstart_run, tmp_path_factory):
+    """The quickstart with pruned, shared-value conv kernels: its board model stores them compressed."""
+    model = tf.keras.models.clone_model(quickstart_run["model"])
+    model.set_weights(quickstart_run["model"].get_weights())
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if type(layer).__name__ in ("Conv2D", "PointwiseGroupConv2D") and layer.kernel.shape[-2] > 1:
+            weights = layer.get_weights()
+            layer.set_weights([_sparse_and_shared(weights[0], rng), *weights[1:]])
+    run_dir = tmp_path_factory.mktemp("compressed")
+    eval_x, eval_y = quickstart_run["eval"]
+    calibration = quickstart_run["calibration"]
+    report = export(
+        model,
+        [calibration[i : i + 32] for i in range(0, 320, 32)],
+        str(run_dir),
+        name="quickstart",
+        eval_data=tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(50),
+        labels=[str(i) for i in range(10)],
+    )
     return {"dir": run_dir, "report": report}
 
 
@@ -141,6 +172,27 @@ def test_cortex_m4_cmsis_nn_matches_the_host_and_counts_instructions_per_op(quic
     # kernels would (about 200 M for this model); 1-20 per MAC is its range.
     macs = quickstart_run["report"]["macs"]
     assert macs < total < 20 * macs
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_compressed_weights_decode_on_the_host_and_cortex_m4_cmsis_nn(compressed_run):
+    storage = compressed_run["report"]["weight_storage"]
+    # Both encodings are in the board's model, and TFLM gave the dense model's outputs on every eval sample.
+    assert {"lut", "prune"} <= set(storage["by_encoding"]) and storage["lossless_samples"] == 200
+    assert storage["model_bytes"] < 0.75 * storage["dense_model_bytes"]
+    resolver = (compressed_run["dir"] / "tflm" / "op_resolver.h").read_text()
+    assert "AddDecode()" in resolver and tflm_app.needs_decode(str(compressed_run["dir"] / "tflm"))
+    host = _measure(compressed_run, "host", "reference", count=False)
+    assert host["output_matches_host"] and host["max_int8_diff"] == 0
+    result = _measure(compressed_run, "cortex-m4", "cmsis_nn", count=True, check_arena=False)
+    assert result["output_matches_host"] and result["max_int8_diff"] == 0 and result["top_class_matches_host"]
+    decode = sum(n for op, n in firmware.instructions_by_op_type(result["per_op"]).items() if "DECODE" in op)
+    decoded_weights = sum(entry["dense_bytes"] for name, entry in storage["by_encoding"].items() if name != "dense")
+    # Decoding costs a few instructions per weight on the core, not per MAC.
+    assert decoded_weights < decode < 20 * decoded_weights
+    assert result["model_bytes"] == storage["model_bytes"]
 
 
 @pytest.mark.slow

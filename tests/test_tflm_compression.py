@@ -233,3 +233,39 @@ def test_clustering_a_keras3_model_explains_tf_keras(tmp_path):
             train_data=data,
             compression={"clusters": 8},
         )
+
+
+@pytest.mark.slow
+@pytest.mark.legacy_keras
+def test_clustered_export_stores_luts_decoded_bit_identical_in_tflm(tmp_path, rng):
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.5, groups=3)
+    images = rng.uniform(-1, 1, (64, 32, 32, 1)).astype(np.float32)
+    train_data = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 4, 64))).batch(16)
+    report = export(
+        model,
+        [images],
+        str(tmp_path / "run"),
+        eval_data=train_data,
+        train_data=train_data,
+        weight_quantization="per_tensor",
+        compression=Compression(clusters=4, epochs=1),
+        num_representative=32,
+        num_verify=8,
+        num_eval=48,
+    )
+    clustering, storage = report["clustering"], report["weight_storage"]
+    assert clustering["clusters"] == 4 and clustering["distinct"]["max"] <= 4
+    lut = storage["by_encoding"]["lut"]
+    # Every conv and dense kernel big enough to gain is a 2-bit LUT; the model is under half its dense size.
+    assert lut["tensors"] >= 20 and lut["stored_bytes"] < 0.3 * lut["dense_bytes"]
+    assert {t["index_bits"] for t in storage["tensors"] if t["encoding"] == "lut"} == {2}
+    assert report["flash_bytes"] < 0.5 * storage["dense_model_bytes"]
+    assert storage["lossless_samples"] == 48 and report["tflm_bit_exact"]["bit_exact"]
+    assert storage["arena_min_bytes"] >= storage["dense_arena_min_bytes"]
+    assert (tmp_path / "run" / "model_int8_tflm_dense.tflite").stat().st_size == storage["dense_model_bytes"]
+    assert "AddDecode()" in (tmp_path / "run" / "tflm" / "op_resolver.h").read_text()
+    assert "## Weight storage (TFLM DECODE)" in (tmp_path / "run" / "report.md").read_text()
+    # The caller's model keeps its batch norms and its own weights.
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert len(np.unique(model.get_layer("stage3_unit2_gconv1").get_weights()[0])) > 100

@@ -267,8 +267,10 @@ _EVAL_TO_OP = {
 _ANNOTATE_LINE = re.compile(
     r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
 )
-# The DECODE operator's work: each encoding's Decode() (in namespace tflite, not tflite::micro).
-_ANNOTATE_DECODE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::DecodeState\w+::Decode\(")
+# The DECODE operator's work: each encoding's Decode() (namespace tflite or, in newer TFLM, tflite::micro).
+_ANNOTATE_DECODE_LINE = re.compile(
+    r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::(?:micro::)?DecodeState\w+::Decode\("
+)
 # What no kernel's Eval accounts for: the interpreter's loop over the ops.
 INTERPRETER = "(interpreter)"
 

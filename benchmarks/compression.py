@@ -1,0 +1,275 @@
+"""Flash against accuracy: dense, pruned and clustered int8 exports, stored compressed for TFLite Micro.
+
+Each row is one ``micro.export`` of the same trained model: dense; pruned
+to 30, 50 and 70 % (2 fine-tuning epochs); clustered to 16, 8 and 4 values
+per kernel (batch norms folded first, 2 fine-tuning epochs, weights
+quantized per tensor: one LUT table per tensor); pruned and clustered.
+Every compressed model's TFLM outputs are checked equal, bit for bit, to the
+same model stored dense, on the 1,000 held-out images. For each: flash
+(model bytes, dense and as stored), the smallest TFLM arena (64-bit host),
+TFLM instructions per inference (x86 callgrind, reference kernels: dense,
+stored, and the DECODE operators'), float and int8 TFLM top-1.
+
+    python -m benchmarks.compression --run_dir=runs/quickstart --output=docs/compression.md
+    python -m benchmarks.compression --imagenet --output=docs/compression_imagenet.md
+
+``--run_dir`` takes a trained run (``make demo`` trains the quickstart);
+``--imagenet`` exports ShuffleNet 1x g3 at 224x224x3 with 1,000 classes,
+untrained (batch-norm statistics set, fine-tuned on random images): its
+flash, arena and instructions are those of the real model, its accuracy is
+not measured. The process must run under Keras 2 (``TF_USE_LEGACY_KERAS=1``,
+set here) for tensorflow-model-optimization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot (pruning, clustering) needs Keras 2.
+
+from benchmarks.common import markdown_table  # noqa: E402
+from keras_shufflenet.run_dir import atomic_path, write_json, write_text  # noqa: E402
+
+# The dense int8 quickstart model of the issue's goal: flash at most half of it.
+DENSE_QUICKSTART_BYTES = 305_832
+
+# (label, export keyword arguments).
+CONFIGURATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("dense", {}),
+    ("pruned 30 %", {"prune_sparsity": 0.3}),
+    ("pruned 50 %", {"prune_sparsity": 0.5}),
+    ("pruned 70 %", {"prune_sparsity": 0.7}),
+    ("clustered 16", {"clusters": 16}),
+    ("clustered 8", {"clusters": 8}),
+    ("clustered 4", {"clusters": 4}),
+    ("pruned 50 % + clustered 8", {"prune_sparsity": 0.5, "clusters": 8}),
+)
+
+
+def export_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """``micro.export`` keywords for one configuration (2 fine-tuning epochs; clusters per tensor)."""
+    from keras_shufflenet.micro import Compression
+
+    arguments: dict[str, Any] = {}
+    if settings.get("prune_sparsity"):
+        arguments.update(prune_sparsity=settings["prune_sparsity"], prune_epochs=2)
+    if settings.get("clusters"):
+        arguments.update(weight_quantization="per_tensor", compression=Compression(clusters=settings["clusters"]))
+    return arguments
+
+
+def _row(label: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    storage = report["weight_storage"]
+    return {
+        "label": label,
+        "flash_bytes": report["flash_bytes"],
+        "dense_flash_bytes": storage["dense_model_bytes"],
+        "arena_min_bytes": report["arena"]["min_bytes"],
+        "dense_arena_min_bytes": storage.get("dense_arena_min_bytes", report["arena"]["min_bytes"]),
+        "instructions": report["tflm_instructions_per_inference"],
+        "dense_instructions": storage.get("dense_instructions", report["tflm_instructions_per_inference"]),
+        "decode_instructions": storage.get("decode_instructions", 0),
+        "float_top1": report["float_top1"],
+        "int8_top1": report["int8_top1"],
+        "lossless_samples": storage.get("lossless_samples"),
+        "by_encoding": storage["by_encoding"],
+        "sparsity": report["sparsity"]["prunable_overall"],
+        "seconds": round(seconds, 1),
+    }
+
+
+def _quickstart(run_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The trained model of ``run_dir`` and the export's data arguments."""
+    from keras_shufflenet import data, portable_weights
+    from keras_shufflenet.run_dir import CONFIG_FILE, WEIGHTS_FILE, read_json
+    from keras_shufflenet.training.config import TrainConfig
+    from keras_shufflenet.training.loop import build_model, load_source
+
+    config = TrainConfig.from_flat(read_json(os.path.join(run_dir, CONFIG_FILE)))
+    source = load_source(config)
+    model = build_model(config, source.num_classes, source.channels)
+    portable_weights.load(model, os.path.join(run_dir, WEIGHTS_FILE))
+    pipeline = config.data
+    return model, {
+        "representative_data": data.representative_batches(source, pipeline, 200),
+        "eval_data": data.make_eval_dataset(source, pipeline, config.eval_batch),
+        "train_data": data.make_train_dataset(source, pipeline, config.batch_size, repeat=False),
+        "labels": source.class_names,
+    }
+
+
+def _imagenet_shaped() -> tuple[Any, dict[str, Any]]:
+    """Untrained ShuffleNet 1x g3 at 224x224x3 (1,000 classes) and random data of its shape."""
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.common import set_batch_norm_statistics
+    from keras_shufflenet import ShuffleNet
+
+    model = ShuffleNet(scale_factor=1.0, groups=3, input_shape=(224, 224, 3), classes=1000, weights=None)
+    set_batch_norm_statistics(model)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (64, 224, 224, 3)).astype(np.float32)
+    labels = rng.integers(0, 1000, 64)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    return model, {"representative_data": [images[:32]], "eval_data": batches, "train_data": batches}
+
+
+def measure(model: Any, data_arguments: dict[str, Any], work_dir: str, imagenet: bool) -> list[dict[str, Any]]:
+    """Exports every configuration; returns the rows."""
+    from keras_shufflenet import micro
+
+    rows = []
+    extra = {"num_eval": 16, "num_verify": 4, "num_representative": 32} if imagenet else {}
+    for label, settings in CONFIGURATIONS:
+        started = time.perf_counter()
+        report = micro.export(
+            model,
+            output_dir=os.path.join(work_dir, label.replace(" ", "_").replace("%", "pct").replace("+", "and")),
+            count_instructions=True,
+            **data_arguments,
+            **export_arguments(settings),
+            **extra,
+        )
+        rows.append(_row(label, report, time.perf_counter() - started))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path: str | None = None) -> str:
+    """The markdown page (and the flash-against-accuracy plot, when ``plot_path`` is given)."""
+    dense = rows[0]
+    header = [
+        "export",
+        "flash (B)",
+        "vs dense",
+        "arena (B)",
+        "instructions",
+        "of which DECODE",
+        "vs dense",
+        "float top-1",
+        "int8 TFLM top-1",
+        "stored as",
+    ]
+    table = []
+    for r in rows:
+        encodings = ", ".join(f"{k} {v['tensors']}" for k, v in r["by_encoding"].items())
+        table.append(
+            [
+                r["label"],
+                f"{r['flash_bytes']:,}",
+                f"{r['flash_bytes'] / dense['flash_bytes']:.3f}",
+                f"{r['arena_min_bytes']:,} ({r['arena_min_bytes'] - r['dense_arena_min_bytes']:+,})",
+                f"{r['instructions']:,}",
+                f"{r['decode_instructions']:,}",
+                f"{r['instructions'] / r['dense_instructions']:.3f}",
+                _pct(r["float_top1"]) if accuracy else "n/a",
+                _pct(r["int8_top1"]) if accuracy else "n/a",
+                encodings,
+            ]
+        )
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by `python -m benchmarks.compression`. Each row is one `micro.export` of the same model. "
+        "*flash* is the model the board gets (weights stored compressed where that is smaller, decoded by TFLM's "
+        "DECODE operator); *vs dense* divides it by the dense export's. *arena* is the smallest that ran on the "
+        "64-bit host, with its change from the same model stored dense (decoded weights need RAM). "
+        "*instructions* are x86 instructions of one TFLM `Invoke()` (callgrind, reference kernels), *of which "
+        "DECODE* the decoding, and *vs dense* divides by the same model stored dense. Every compressed model's "
+        "TFLM outputs equal the dense model's bit for bit on every eval sample. *stored as*: weight tensors per "
+        "encoding.",
+        "",
+        "Pruning: magnitude pruning of conv and dense kernels, 2 fine-tuning epochs. Clustering: batch norms "
+        "folded into the convolutions, then tfmot's k-means++ clusters per kernel, 2 fine-tuning epochs, weights "
+        "quantized per tensor (one LUT table per tensor).",
+        "",
+        markdown_table(header, table),
+        "",
+    ]
+    if plot_path and accuracy:
+        _plot(rows, plot_path)
+        lines += [f"![flash against int8 top-1]({os.path.basename(plot_path)})", ""]
+    return "\n".join(lines)
+
+
+def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    families = {"dense": "o", "pruned": "s", "clustered": "^"}
+    for family, marker in families.items():
+        points = [r for r in rows if r["label"].startswith(family) and "+" not in r["label"]]
+        axis.scatter(
+            [r["flash_bytes"] / 1e3 for r in points],
+            [100 * r["int8_top1"] for r in points],
+            marker=marker,
+            label=family,
+        )
+    both = [r for r in rows if "+" in r["label"]]
+    axis.scatter([r["flash_bytes"] / 1e3 for r in both], [100 * r["int8_top1"] for r in both], marker="D", label="both")
+    for r in rows:
+        axis.annotate(
+            r["label"].replace("pruned ", "p").replace("clustered ", "c"),
+            (r["flash_bytes"] / 1e3, 100 * r["int8_top1"]),
+            xytext=(4, 3),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    axis.axvline(DENSE_QUICKSTART_BYTES / 2e3, color="grey", linestyle="--", linewidth=0.8)
+    axis.set_xlabel("flash: model bytes (K)")
+    axis.set_ylabel("int8 TFLM top-1 (%)")
+    axis.set_title("Quickstart (ShuffleNet 0.5x g3, mnist5k): flash against accuracy", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compression", description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", default="runs/quickstart", help="A trained run (the quickstart by default).")
+    parser.add_argument("--imagenet", action="store_true", help="ShuffleNet 1x g3 at 224x224x3, untrained.")
+    parser.add_argument("--output", default="docs/compression.md")
+    parser.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
+    parser.add_argument("--from_json", default=None, help="Rewrite the page from the rows of an earlier --json.")
+    args = parser.parse_args(argv)
+    title = (
+        "Compressed weights: ShuffleNet 1x g3 at 224x224x3 (untrained)"
+        if args.imagenet
+        else "Compressed weights: the quickstart (ShuffleNet 0.5x g3, mnist5k)"
+    )
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as handle:
+            rows = json.load(handle)
+    else:
+        model, data_arguments = _imagenet_shaped() if args.imagenet else _quickstart(args.run_dir)
+        with tempfile.TemporaryDirectory() as work_dir:
+            rows = measure(model, data_arguments, work_dir, args.imagenet)
+    text = report(rows, title, accuracy=not args.imagenet, plot_path=os.path.splitext(args.output)[0] + ".png")
+    write_text(args.output, text)
+    if args.json:
+        write_json(args.json, rows)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
