@@ -50,6 +50,7 @@ CONFIGURATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("clustered 16", {"clusters": 16}),
     ("clustered 8", {"clusters": 8}),
     ("clustered 4", {"clusters": 4}),
+    ("clustered 16, stage 4: 4", {"clusters": 16, "layer_clusters": {"stage4": 4}}),
     ("pruned 50 % + clustered 8", {"prune_sparsity": 0.5, "clusters": 8}),
 )
 
@@ -62,7 +63,8 @@ def export_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     if settings.get("prune_sparsity"):
         arguments.update(prune_sparsity=settings["prune_sparsity"], prune_epochs=2)
     if settings.get("clusters"):
-        arguments.update(weight_quantization="per_tensor", compression=Compression(clusters=settings["clusters"]))
+        compression = Compression(clusters=settings["clusters"], layer_clusters=settings.get("layer_clusters"))
+        arguments.update(weight_quantization="per_tensor", compression=compression)
     return arguments
 
 
@@ -123,6 +125,10 @@ def _imagenet_shaped() -> tuple[Any, dict[str, Any]]:
     return model, {"representative_data": [images[:32]], "eval_data": batches, "train_data": batches}
 
 
+# The configurations of the 224x224 model (each export takes minutes there).
+IMAGENET_CONFIGURATIONS = ("dense", "pruned 50 %", "clustered 8", "pruned 50 % + clustered 8")
+
+
 def measure(model: Any, data_arguments: dict[str, Any], work_dir: str, imagenet: bool) -> list[dict[str, Any]]:
     """Exports every configuration; returns the rows."""
     from keras_shufflenet import micro
@@ -130,6 +136,8 @@ def measure(model: Any, data_arguments: dict[str, Any], work_dir: str, imagenet:
     rows = []
     extra = {"num_eval": 16, "num_verify": 4, "num_representative": 32} if imagenet else {}
     for label, settings in CONFIGURATIONS:
+        if imagenet and label not in IMAGENET_CONFIGURATIONS:
+            continue
         started = time.perf_counter()
         report = micro.export(
             model,
@@ -214,15 +222,20 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     figure, axis = plt.subplots(figsize=(6, 4.2))
     families = {"dense": "o", "pruned": "s", "clustered": "^"}
     for family, marker in families.items():
-        points = [r for r in rows if r["label"].startswith(family) and "+" not in r["label"]]
+        points = [r for r in rows if r["label"].startswith(family) and "+" not in r["label"] and "," not in r["label"]]
         axis.scatter(
             [r["flash_bytes"] / 1e3 for r in points],
             [100 * r["int8_top1"] for r in points],
             marker=marker,
             label=family,
         )
-    both = [r for r in rows if "+" in r["label"]]
-    axis.scatter([r["flash_bytes"] / 1e3 for r in both], [100 * r["int8_top1"] for r in both], marker="D", label="both")
+    for marker, label, points in (
+        ("D", "pruned + clustered", [r for r in rows if "+" in r["label"]]),
+        ("*", "clustered by stage", [r for r in rows if "," in r["label"]]),
+    ):
+        axis.scatter(
+            [r["flash_bytes"] / 1e3 for r in points], [100 * r["int8_top1"] for r in points], marker=marker, label=label
+        )
     for r in rows:
         axis.annotate(
             r["label"].replace("pruned ", "p").replace("clustered ", "c"),

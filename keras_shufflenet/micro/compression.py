@@ -14,6 +14,7 @@ well), e.g. in a compressed firmware image or with TFLM's weight compression.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,8 @@ def cluster(
     per_channel: bool = False,
     preserve_sparsity: bool = False,
     learning_rate: float = 1e-4,
+    centroid_init: str = "kmeans_plus_plus",
+    layer_clusters: Mapping[str, int] | None = None,
     verbose: int = 0,
 ) -> Any:
     """Folds batch norms, clusters conv and dense kernels to shared values while fine-tuning, strips the wrappers.
@@ -175,7 +178,8 @@ def cluster(
     Args:
       model: A tf_keras functional model (see :func:`require_legacy_keras`).
       train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)`` batches.
-      clusters: Centroids per kernel (or per output channel), ``>= 2``.
+      clusters: Centroids per kernel (or per output channel), ``>= 2``; 0
+        clusters only the layers named in ``layer_clusters``.
       epochs: Fine-tuning epochs, ``>= 1``.
       per_channel: One set of centroids per output channel of each
         convolution (Dense kernels are clustered per tensor). Defaults to
@@ -183,6 +187,12 @@ def cluster(
       preserve_sparsity: Keep pruned weights at zero (after :func:`prune`).
         Defaults to `False`.
       learning_rate: Adam learning rate of the fine-tuning. Defaults to `1e-4`.
+      centroid_init: tfmot's centroid initialization: ``"linear"`` (evenly
+        spaced from the smallest to the largest weight), ``"kmeans_plus_plus"``,
+        ``"density_based"`` or ``"random"``. Defaults to `"kmeans_plus_plus"`.
+      layer_clusters: Cluster counts for the layers whose names start with
+        a key (the longest matching key wins), e.g. ``{"stage4": 4}``;
+        other layers get ``clusters``. Defaults to `None`.
       verbose: Keras ``fit`` verbosity. Defaults to `0`.
 
     Returns:
@@ -198,15 +208,16 @@ def cluster(
     from keras_shufflenet.micro.graph import fold_batch_norms
 
     total_steps = _steps_per_epoch(train_data) * epochs
-    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+    init = getattr(tfmot.clustering.keras.CentroidInitialization, centroid_init.upper())
 
     def wrap(layer: Any) -> Any:
-        if not is_clusterable(layer):
+        count = clusters_for(layer.name, clusters, layer_clusters)
+        if not is_clusterable(layer) or count < 2:
             return layer
         # tfmot clusters a kernel only if it has more weights (per channel) than clusters; smaller ones already fit.
         return experimental.cluster_weights(
             layer,
-            number_of_clusters=clusters,
+            number_of_clusters=count,
             cluster_centroids_init=init,
             preserve_sparsity=preserve_sparsity,
             cluster_per_channel=per_channel and isinstance(layer, keras.layers.Conv2D),
@@ -216,6 +227,12 @@ def cluster(
     _compile_for_finetuning(clustered, learning_rate, model, total_steps)
     clustered.fit(train_data, epochs=epochs, verbose=verbose)
     return tfmot.clustering.keras.strip_clustering(clustered)
+
+
+def clusters_for(name: str, clusters: int, layer_clusters: Mapping[str, int] | None) -> int:
+    """The cluster count of layer ``name``: the longest key of ``layer_clusters`` it starts with, else ``clusters``."""
+    matches = [prefix for prefix in (layer_clusters or {}) if name.startswith(prefix)]
+    return layer_clusters[max(matches, key=len)] if matches else clusters
 
 
 def distinct_weights(model: Any, per_channel: bool) -> dict[str, Any]:

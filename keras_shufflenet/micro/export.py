@@ -153,10 +153,12 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             settings.epochs,
             per_channel=settings.per_channel,
             preserve_sparsity=options.pruning,
+            layer_clusters=settings.layer_clusters,
             verbose=options.verbose,
         )
         clustering = {
             "clusters": settings.clusters,
+            "layer_clusters": settings.layer_clusters,
             "per_channel": settings.per_channel,
             "epochs": settings.epochs,
             "distinct": compression.distinct_weights(float_model, settings.per_channel),
@@ -190,7 +192,7 @@ def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOp
     # Weights stored compressed where that is smaller (see tflm_compression.py);
     # verified below to give the dense model's outputs bit for bit.
     settings = options.compression
-    stored = tflm_compression.compress(compact_model.model, settings.store, settings.lut_index_bits)
+    stored = tflm_compression.compress(compact_model.model, settings.store, settings.index_bits)
     contents = {
         f"{options.name}_float.tflite": float_tflite,
         f"{options.name}_int8.tflite": int8_tflite,

@@ -241,7 +241,9 @@ def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
     if clustering:
         unit = "output channel" if clustering["per_channel"] else "kernel"
         lines += [
-            f"Clustered to {clustering['clusters']} values per {unit} ({clustering['epochs']} fine-tuning epochs, "
+            f"Clustered to {clustering['clusters']} values per {unit}"
+            + "".join(f", {n} in {prefix}*" for prefix, n in (clustering.get("layer_clusters") or {}).items())
+            + f" ({clustering['epochs']} fine-tuning epochs, "
             f"batch norms folded first); at most {clustering['distinct']['max']} distinct float weights per {unit}.",
             "",
         ]

@@ -66,7 +66,11 @@ class Compression:
       clusters: Shared values per kernel (per output channel with
         ``per_channel``) after clustering with tensorflow-model-optimization,
         in [2, 128]; 0 does not cluster. The int8 weights are then stored as
-        LUT indices of ``index_bits`` bits. Defaults to `0`.
+        LUT indices, ``ceil(log2(clusters))`` bits wide. Defaults to `0`.
+      layer_clusters: Cluster counts, in [2, 128], for the layers whose names
+        start with a key (the longest matching key wins), e.g.
+        ``{"stage4": 4}`` to share fewer values in the stage that holds most
+        of the weights; the other layers get ``clusters``. Defaults to `None`.
       per_channel: Cluster each output channel of a convolution on its own,
         for weights quantized per channel (one LUT table per channel).
         Defaults to `False`: one set of centroids per kernel, for
@@ -79,9 +83,9 @@ class Compression:
         and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
         and dense kernel as a LUT), ``"prune"`` (every pruned kernel in the
         pruned encoding) or ``"dense"``. Defaults to `"auto"`.
-      index_bits: LUT index width in [1, 7]. Defaults to `None`: the width
-        that addresses ``clusters`` values (what each tensor needs without
-        clustering).
+      index_bits: LUT index width in [1, 7] for every LUT. Defaults to
+        `None`: each tensor's distinct values decide, which is the width of
+        its cluster count or less.
     """
 
     clusters: int = 0
@@ -89,17 +93,16 @@ class Compression:
     epochs: int = 2
     store: str = "auto"
     index_bits: int | None = None
+    layer_clusters: dict[str, int] | None = None
 
     @property
     def clustering(self) -> bool:
-        return self.clusters > 0
+        return self.clusters > 0 or bool(self.layer_clusters)
 
     @property
-    def lut_index_bits(self) -> int | None:
-        """The LUT width asked for: ``index_bits``, else the width ``clusters`` needs."""
-        if self.index_bits is not None:
-            return self.index_bits
-        return index_bits_for(self.clusters) if self.clustering else None
+    def max_clusters(self) -> int:
+        """The largest cluster count of any layer."""
+        return max([self.clusters, *(self.layer_clusters or {}).values()])
 
     def check(self, quantize: str = "ptq", weight_quantization: str = "per_channel") -> None:
         """Refuses settings the decoder or the quantization cannot serve.
@@ -111,16 +114,27 @@ class Compression:
         Raises:
           ValueError: Naming the field, the value received and what is allowed.
         """
-        clusters = self.clusters
-        if (
-            isinstance(clusters, bool)
-            or not isinstance(clusters, (int, np.integer))
-            or not (clusters == 0 or 2 <= clusters <= MAX_CLUSTERS)
+        if self.layer_clusters is not None and not (
+            isinstance(self.layer_clusters, dict) and all(isinstance(key, str) for key in self.layer_clusters)
         ):
             raise ValueError(
-                f"`clusters` must be 0 (no clustering) or an integer in [2, {MAX_CLUSTERS}] (TFLM's LUT "
-                f"indices are at most {MAX_INDEX_BITS} bits). Received: clusters={clusters!r}"
+                "`layer_clusters` must map layer-name prefixes (str) to cluster counts, e.g. {'stage4': 4}. "
+                f"Received: {self.layer_clusters!r}"
             )
+        for name, clusters in [("clusters", self.clusters), *(self.layer_clusters or {}).items()]:
+            allowed_zero = name == "clusters"
+            if (
+                isinstance(clusters, bool)
+                or not isinstance(clusters, (int, np.integer))
+                or not ((allowed_zero and clusters == 0) or 2 <= clusters <= MAX_CLUSTERS)
+            ):
+                what = "`clusters`" if allowed_zero else f"`layer_clusters['{name}']`"
+                raise ValueError(
+                    f"{what} must be {'0 (no clustering) or ' if allowed_zero else ''}an integer in "
+                    f"[2, {MAX_CLUSTERS}] (TFLM's LUT indices are at most {MAX_INDEX_BITS} bits). "
+                    f"Received: {clusters!r}"
+                )
+        clusters = self.max_clusters
         if self.store not in STORE_MODES:
             raise ValueError(f"`store` must be one of {STORE_MODES}. Received: store={self.store!r}")
         if not isinstance(self.per_channel, bool):

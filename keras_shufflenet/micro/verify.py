@@ -268,9 +268,7 @@ _ANNOTATE_LINE = re.compile(
     r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::micro::(?:\(anonymous namespace\)::)?(\w+)\("
 )
 # The DECODE operator's work: each encoding's Decode() (namespace tflite or, in newer TFLM, tflite::micro).
-_ANNOTATE_DECODE_LINE = re.compile(
-    r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::(?:micro::)?DecodeState\w+::Decode\("
-)
+_ANNOTATE_DECODE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*?:tflite::(?:micro::)?DecodeState\w+::Decode\(")
 # What no kernel's Eval accounts for: the interpreter's loop over the ops.
 INTERPRETER = "(interpreter)"
 

@@ -141,6 +141,23 @@ class PipelineConfig:
         check_fields(self)
 
 
+def parse_layer_clusters(text: str) -> dict[str, int] | None:
+    """``"stage3:8,stage4:4"`` as ``{"stage3": 8, "stage4": 4}`` (None for an empty text).
+
+    Raises:
+      ConfigError: For an entry that is not ``prefix:count``.
+    """
+    if not text:
+        return None
+    result = {}
+    for entry in text.split(","):
+        prefix, _, count = entry.strip().partition(":")
+        if not prefix or not count.strip().isdigit():
+            raise bad_value("layer_clusters", text, "comma-separated layer-name-prefix:count entries, e.g. 'stage4:4'")
+        result[prefix] = int(count)
+    return result
+
+
 @dataclasses.dataclass(frozen=True)
 class MicroExportConfig:
     """The microcontroller export of a trained run (the arguments of :func:`keras_shufflenet.micro.export`)."""
@@ -163,6 +180,10 @@ class MicroExportConfig:
         0,
         "Weight clustering of the micro export: shared values per kernel, stored as LUT indices (0 = none).",
         interval=f"[0, {MAX_CLUSTERS}]",
+    )
+    layer_clusters: str = option(
+        "",
+        "Cluster counts by layer-name prefix, overriding --clusters, e.g. 'stage4:4' or 'stage3:8,stage4:4'.",
     )
     cluster_per_channel: bool = option(
         False, "Cluster each output channel on its own (for per-channel weights; one LUT table per channel)."
@@ -207,12 +228,13 @@ class MicroExportConfig:
             epochs=self.cluster_epochs,
             store=self.weight_storage,
             index_bits=self.index_bits or None,
+            layer_clusters=parse_layer_clusters(self.layer_clusters),
         )
 
     @property
     def needs_tfmot(self) -> bool:
         """Whether the export prunes, clusters or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
-        return self.enabled and (self.prune_sparsity > 0 or self.clusters > 0 or self.quantize == "qat")
+        return self.enabled and (self.prune_sparsity > 0 or self.compression.clustering or self.quantize == "qat")
 
 
 @dataclasses.dataclass
