@@ -101,6 +101,16 @@ def test_folding_batch_norms_keeps_the_outputs_and_leaves_no_batch_norm(rng):
     assert "RELU" not in flatbuffer.op_histogram(convert.convert_float(folded))
 
 
+def test_the_longest_matching_prefix_sets_a_layers_cluster_count():
+    from keras_shufflenet.micro.compression import clusters_for
+
+    layer_clusters = {"stage4": 4, "stage4_unit1": 8}
+    assert clusters_for("stage4_unit2_gconv1", 16, layer_clusters) == 4
+    assert clusters_for("stage4_unit1_gconv1", 16, layer_clusters) == 8
+    assert clusters_for("stage3_unit1_gconv1", 16, layer_clusters) == 16
+    assert clusters_for("classifier", 0, layer_clusters) == 0
+
+
 def test_index_bits_follow_the_cluster_count():
     assert [tc.index_bits_for(n) for n in (2, 3, 4, 5, 8, 16, 17, 128)] == [1, 2, 2, 3, 3, 4, 5, 7]
 
@@ -188,6 +198,9 @@ def test_lut_storage_of_a_tensor_with_too_many_values_is_refused():
         ({"clusters": 1}, {}, r"clusters` must be 0 \(no clustering\) or an integer in \[2, 128\]"),
         ({"clusters": 256}, {}, r"\[2, 128\]"),
         ({"index_bits": 8}, {}, r"`index_bits` must be in \[1, 7\]"),
+        ({"clusters": 16, "layer_clusters": {"stage4": 1}}, {}, r"`layer_clusters\['stage4'\]` must be an integer"),
+        ({"layer_clusters": ["stage4", 4]}, {}, "must map layer-name prefixes"),
+        ({"clusters": 8, "layer_clusters": {"stage4": 64}, "index_bits": 4}, {}, "`clusters`=64 does not fit"),
         ({"store": "zip"}, {}, "`store` must be one of"),
         ({"bits": 4}, {}, "unknown keys"),
         ("lut", {}, "must be a keras_shufflenet.micro.Compression"),

@@ -77,6 +77,7 @@ class _Converted:
     files: list[str]
     tflm_path: str
     dense_tflm_path: str | None
+    dense_arena: verify.ArenaSearch | None
 
     @property
     def board_model(self) -> bytes:
@@ -192,23 +193,42 @@ def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOp
     # Weights stored compressed where that is smaller (see tflm_compression.py);
     # verified below to give the dense model's outputs bit for bit.
     settings = options.compression
-    stored = tflm_compression.compress(compact_model.model, settings.store, settings.index_bits)
+    dense_tflm_path = os.path.join(staging, f"{options.name}_int8_tflm_dense.tflite")
+    with open(dense_tflm_path, "wb") as handle:
+        handle.write(compact_model.model)
+    # The dense model's arena bounds what a decoded tensor may take (see tflm_compression.Compression).
+    dense_arena = None
+    max_decoded = settings.max_decoded_bytes
+    if settings.store != "dense" and max_decoded is None:
+        dense_arena = verify.find_min_arena(dense_tflm_path, margin=options.arena_margin)
+        max_decoded = dense_arena.min_bytes
+    stored = tflm_compression.compress(compact_model.model, settings.store, settings.index_bits, max_decoded)
     contents = {
         f"{options.name}_float.tflite": float_tflite,
         f"{options.name}_int8.tflite": int8_tflite,
         f"{options.name}_int8_tflm.tflite": stored.model,
     }
-    dense_tflm_path = None
     if stored.compressed_tensors:
         contents[f"{options.name}_int8_tflm_dense.tflite"] = compact_model.model
-        dense_tflm_path = os.path.join(staging, f"{options.name}_int8_tflm_dense.tflite")
+    else:
+        os.remove(dense_tflm_path)
+        dense_tflm_path = None
     for filename, content in contents.items():
         with open(os.path.join(staging, filename), "wb") as handle:
             handle.write(content)
     tflm_path = os.path.join(staging, f"{options.name}_int8_tflm.tflite")
     board_ops = sorted(flatbuffer.op_histogram(stored.model))
     return _Converted(
-        float_tflite, int8_tflite, compact_model, stored, board_ops, io, list(contents), tflm_path, dense_tflm_path
+        float_tflite,
+        int8_tflite,
+        compact_model,
+        stored,
+        board_ops,
+        io,
+        list(contents),
+        tflm_path,
+        dense_tflm_path,
+        dense_arena,
     )
 
 
@@ -216,7 +236,9 @@ def _verify(
     converted: _Converted, compressed: _Compressed, data: _Data, options: ExportOptions, timer: _Timer
 ) -> _Verified:
     """Arena search, TFLM vs the reference kernels, float vs int8 accuracy, and (optional) instruction count."""
-    search = verify.find_min_arena(converted.tflm_path, margin=options.arena_margin)
+    search = converted.dense_arena  # Searched already when the board's model is the dense one.
+    if search is None or converted.dense_tflm_path is not None:
+        search = verify.find_min_arena(converted.tflm_path, margin=options.arena_margin)
     if options.arena_bytes is not None and options.arena_bytes < search.min_bytes:
         raise ValueError(
             f"`arena_bytes`={options.arena_bytes:,} is too small: the model needs at least {search.min_bytes:,} "
@@ -283,7 +305,7 @@ def _check_lossless(
     converted: _Converted, int8_inputs: np.ndarray, outputs: np.ndarray, options: ExportOptions
 ) -> dict[str, Any]:
     """Runs the dense model in TFLM too: the compressed one must give its outputs bit for bit."""
-    dense_arena = verify.find_min_arena(converted.dense_tflm_path, margin=options.arena_margin)
+    dense_arena = converted.dense_arena or verify.find_min_arena(converted.dense_tflm_path, margin=options.arena_margin)
     dense_outputs = verify.run_tflm(converted.dense_tflm_path, dense_arena.recommended_bytes, int8_inputs)
     differing = int(
         np.count_nonzero(np.any(dense_outputs.reshape(len(outputs), -1) != outputs.reshape(len(outputs), -1), axis=1))

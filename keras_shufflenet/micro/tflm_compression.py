@@ -86,6 +86,11 @@ class Compression:
       index_bits: LUT index width in [1, 7] for every LUT. Defaults to
         `None`: each tensor's distinct values decide, which is the width of
         its cluster count or less.
+      max_decoded_bytes: The largest tensor stored compressed: DECODE expands
+        a tensor into the arena while its operator runs, so a big one (the
+        1,000-class classifier of a 224x224 model: 960 KB) would raise the
+        arena by about its size. Defaults to `None`: the smallest arena of
+        the same model stored dense.
     """
 
     clusters: int = 0
@@ -94,6 +99,7 @@ class Compression:
     store: str = "auto"
     index_bits: int | None = None
     layer_clusters: dict[str, int] | None = None
+    max_decoded_bytes: int | None = None
 
     @property
     def clustering(self) -> bool:
@@ -137,6 +143,15 @@ class Compression:
         clusters = self.max_clusters
         if self.store not in STORE_MODES:
             raise ValueError(f"`store` must be one of {STORE_MODES}. Received: store={self.store!r}")
+        if self.max_decoded_bytes is not None and (
+            isinstance(self.max_decoded_bytes, bool)
+            or not isinstance(self.max_decoded_bytes, (int, np.integer))
+            or self.max_decoded_bytes < 1
+        ):
+            raise ValueError(
+                "`max_decoded_bytes` must be a positive integer (bytes) or None. "
+                f"Received: max_decoded_bytes={self.max_decoded_bytes!r}"
+            )
         if not isinstance(self.per_channel, bool):
             raise ValueError(f"`per_channel` must be True or False. Received: {self.per_channel!r}")
         check_index_bits(self.index_bits, int(clusters))
@@ -403,7 +418,9 @@ def _aligned(model_bytes: bytes) -> bytes:
             return handle.read()
 
 
-def compress(tflite_model: bytes, store: str = "auto", index_bits: int | None = None) -> CompressedModel:
+def compress(
+    tflite_model: bytes, store: str = "auto", index_bits: int | None = None, max_decoded_bytes: int | None = None
+) -> CompressedModel:
     """Stores the weight tensors of an int8 model compressed, with DECODE operators before their consumers.
 
     Args:
@@ -417,6 +434,9 @@ def compress(tflite_model: bytes, store: str = "auto", index_bits: int | None = 
         make smaller stays dense, with a note. Defaults to `"auto"`.
       index_bits: LUT index width (1-7); at least what each tensor's distinct
         values need. Defaults to `None`: what each tensor needs.
+      max_decoded_bytes: Keep dense every tensor larger than this: a decoded
+        tensor takes its dense size of arena while its operator runs.
+        Defaults to `None` (no limit).
 
     Returns:
       The :class:`CompressedModel`. With nothing worth compressing its model
@@ -452,6 +472,12 @@ def compress(tflite_model: bytes, store: str = "auto", index_bits: int | None = 
                 if store == "dense"
                 else _plan(name, values, zero_points, axis, channels, tensor_store, index_bits)
             )
+            if storage.encoding != "dense" and max_decoded_bytes is not None and values.nbytes > max_decoded_bytes:
+                note = (
+                    f"kept dense: decoding it would take {values.nbytes:,} bytes of arena, more than the "
+                    f"{max_decoded_bytes:,} allowed (the dense model's whole arena unless set)"
+                )
+                storage = dataclasses.replace(storage, encoding="dense", stored_bytes=values.nbytes, note=note)
             tensors.append(storage)
             if storage.encoding == "lut":
                 mode = spec.PerChannel(axis=axis) if channels > 1 else spec.PerTensor()

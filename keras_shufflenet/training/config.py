@@ -198,6 +198,11 @@ class MicroExportConfig:
     index_bits: int = option(
         0, "LUT index bits of clustered weights (0 = what --clusters needs).", interval=f"[0, {MAX_INDEX_BITS}]"
     )
+    max_decoded_bytes: int = option(
+        0,
+        "Largest weight tensor stored compressed (decoded into the arena); 0 = the dense model's arena.",
+        interval="[0, inf)",
+    )
     representative_samples: int = option(200, "Training images that calibrate int8 quantization.", interval="[0, inf)")
     export_dir: str = option("", "Directory of the micro export; empty uses --model_dir.")
 
@@ -229,6 +234,7 @@ class MicroExportConfig:
             store=self.weight_storage,
             index_bits=self.index_bits or None,
             layer_clusters=parse_layer_clusters(self.layer_clusters),
+            max_decoded_bytes=self.max_decoded_bytes or None,
         )
 
     @property
