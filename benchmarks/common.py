@@ -292,3 +292,27 @@ def machine_description() -> str:
         ("valgrind", _valgrind_version()),
     ]
     return "\n".join(f"- {name}: {value}" for name, value in items)
+
+
+# The section of docs/benchmarks.md that benchmarks.compression writes.
+COMPRESSION_BLOCK = "compression"
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: start -->", f"<!-- {name}: end -->"
+
+
+def marked_block(text: str, name: str) -> str | None:
+    """The block between ``<!-- name: start -->`` and ``<!-- name: end -->`` (markers included), if any."""
+    start, end = _markers(name)
+    if start not in text or end not in text:
+        return None
+    return text[text.index(start) : text.index(end) + len(end)]
+
+
+def with_marked_block(text: str, name: str, body: str) -> str:
+    """``text`` with the marked block ``name`` holding ``body``: replaced where it is, else appended."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.strip()}\n{end}"
+    old = marked_block(text, name)
+    return text.replace(old, block) if old else text.rstrip("\n") + "\n\n" + block + "\n"

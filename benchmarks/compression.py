@@ -35,8 +35,10 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot (pruning, clustering) needs Keras 2.
 
-from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.common import COMPRESSION_BLOCK, markdown_table, with_marked_block  # noqa: E402
 from keras_shufflenet.run_dir import atomic_path, write_json, write_text  # noqa: E402
+
+BENCHMARKS_PAGE = "docs/benchmarks.md"
 
 # The dense int8 quickstart model of the issue's goal: flash at most half of it.
 DENSE_QUICKSTART_BYTES = 305_832
@@ -213,6 +215,16 @@ def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path
     return "\n".join(lines)
 
 
+def benchmarks_section(page: str, page_path: str) -> str:
+    """docs/benchmarks.md's section: the quickstart's table and plot, from the page this benchmark wrote."""
+    body = page.split("\n", 2)[2]  # Without the page's title.
+    return (
+        "## 6. Compressed weights: flash against accuracy (the quickstart)\n\n"
+        f"From `python -m benchmarks.compression` ([{os.path.basename(page_path)}]({os.path.basename(page_path)}), "
+        "which also has the 224×224 model).\n" + body
+    )
+
+
 def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -278,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = measure(model, data_arguments, work_dir, args.imagenet)
     text = report(rows, title, accuracy=not args.imagenet, plot_path=os.path.splitext(args.output)[0] + ".png")
     write_text(args.output, text)
+    if not args.imagenet and os.path.exists(BENCHMARKS_PAGE):
+        with open(BENCHMARKS_PAGE, encoding="utf-8") as handle:
+            page = handle.read()
+        write_text(BENCHMARKS_PAGE, with_marked_block(page, COMPRESSION_BLOCK, benchmarks_section(text, args.output)))
     if args.json:
         write_json(args.json, rows)
     print(text)

@@ -19,11 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import fidelity, firmware_cost, keras_speed, plots, tflite_latency, tflm_cost  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    COMPRESSION_BLOCK,
     MOBILENET_050,
     SHUFFLENET_1X_G3,
     SHUFFLENET_1X_G8,
     machine_description,
     markdown_table,
+    marked_block,
 )
 
 SECTIONS = ("fidelity", "keras", "tflite", "tflm", "firmware")
@@ -211,8 +213,15 @@ def main() -> None:
             "",
         ]
     os.makedirs(output_dir, exist_ok=True)
+    text = "\n".join(lines)
+    # Sections other benchmarks write into this page (benchmarks.compression) stay.
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as previous:
+            kept = marked_block(previous.read(), COMPRESSION_BLOCK)
+        if kept:
+            text = text.rstrip("\n") + "\n\n" + kept + "\n"
     with open(args.output, "w") as report:
-        report.write("\n".join(lines))
+        report.write(text)
     print(f"[bench] wrote {args.output} in {total / 60:.1f} min", flush=True)
 
 
