@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.common import remove_layers, swap_layers, variant, with_change
+from benchmarks.common import marked_block, remove_layers, swap_layers, variant, with_change, with_marked_block
 from benchmarks.keras_speed import graph_stats
 from benchmarks.tflm_cost import macs_by_op
 from keras_shufflenet import ChannelShuffle, ShuffleNet
@@ -131,3 +131,31 @@ def test_failure_probe_judges():
     assert judge(Result(0, "", "", 3.0, "")) == "wrong"
     assert judge(Result(-11, "", "", 3.0, "")) == "wrong"
     assert judge(Result(1, "", "Traceback\n" * 3 + "x" * 2000 + "\nValueError: shapes differ", 3.0, "")) == "awkward"
+
+
+def test_a_marked_block_is_appended_once_then_replaced_in_place():
+    page = "# Benchmarks\n\n## 1. Fidelity\n\ntext\n"
+    first = with_marked_block(page, "compression", "## 6. Compressed\n\nold table")
+    assert first.startswith(page.rstrip("\n")) and "old table" in first
+    second = with_marked_block(first + "\n## 7. Later\n", "compression", "## 6. Compressed\n\nnew table")
+    assert "old table" not in second and second.count("## 6. Compressed") == 1
+    assert second.index("new table") < second.index("## 7. Later")
+    assert marked_block(second, "compression").endswith("<!-- compression: end -->")
+    assert marked_block(page, "compression") is None
+
+
+def test_compression_report_compares_each_export_with_dense():
+    from benchmarks.compression import report
+
+    def row(label, flash, top1, instructions, decode):
+        return {
+            "label": label, "flash_bytes": flash, "arena_min_bytes": 100_000, "dense_arena_min_bytes": 90_000,
+            "instructions": instructions, "dense_instructions": 50_000_000, "decode_instructions": decode,
+            "float_top1": 0.978, "int8_top1": top1, "by_encoding": {"lut": {"tensors": 34}},
+        }  # fmt: skip
+
+    rows = [row("dense", 305_808, 0.98, 50_000_000, 0), row("clustered 8", 150_320, 0.971, 51_500_000, 1_500_000)]
+    text = report(rows, "Compressed weights", accuracy=True)
+    assert (
+        "| clustered 8 | 150,320 | 0.492 | 100,000 (+10,000) | 51,500,000 | 1,500,000 | 1.030 | 97.8 | 97.1 |" in text
+    )
