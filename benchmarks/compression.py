@@ -103,7 +103,8 @@ def _quickstart(run_dir: str) -> tuple[Any, dict[str, Any]]:
     portable_weights.load(model, os.path.join(run_dir, WEIGHTS_FILE))
     pipeline = config.data
     return model, {
-        "representative_data": data.representative_batches(source, pipeline, 200),
+        # A list: every export reads it again.
+        "representative_data": list(data.representative_batches(source, pipeline, 200)),
         "eval_data": data.make_eval_dataset(source, pipeline, config.eval_batch),
         "train_data": data.make_train_dataset(source, pipeline, config.batch_size, repeat=False),
         "labels": source.class_names,
