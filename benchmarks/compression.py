@@ -155,6 +155,76 @@ def measure(model: Any, data_arguments: dict[str, Any], work_dir: str, imagenet:
     return rows
 
 
+def firmware_comparison(run_dir: str, target: str = "cortex-m4", kernels: str = "cmsis_nn") -> dict[str, Any]:
+    """The export in ``run_dir`` on a core, stored compressed and dense: flash, RAM and instructions per inference.
+
+    The dense build is the export's ``tflm/`` with the same model stored
+    dense (``*_int8_tflm_dense.tflite``): same samples, same expected
+    outputs (the export checked them equal).
+    """
+    import shutil
+
+    from keras_shufflenet.micro import c_sources, firmware, flatbuffer
+    from keras_shufflenet.run_dir import REPORT_JSON, read_json
+
+    report = read_json(os.path.join(run_dir, REPORT_JSON))
+    if not report["weight_storage"]["compressed"]:
+        raise ValueError(f"The export in {run_dir!r} stores its weights dense: nothing to compare.")
+    name = report["name"]
+    with open(os.path.join(run_dir, f"{name}_int8_tflm_dense.tflite"), "rb") as handle:
+        dense_model = handle.read()
+    builds = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        dense_dir = os.path.join(scratch, "tflm")
+        shutil.copytree(os.path.join(run_dir, "tflm"), dense_dir)
+        files = {**c_sources.model_data_sources(dense_model, name)}
+        files.update(c_sources.op_resolver_source(sorted(flatbuffer.op_histogram(dense_model))))
+        for filename, text in files.items():
+            with open(os.path.join(dense_dir, filename), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        for label, model_dir in (("stored", os.path.join(run_dir, "tflm")), ("dense", dense_dir)):
+            out = os.path.join(scratch, f"firmware_{label}")
+            result = firmware.build_and_measure(model_dir, target, kernels, out, check_arena=False)
+            by_type = firmware.instructions_by_op_type(result["per_op"])
+            builds[label] = {
+                "flash_bytes": result["flash_bytes"],
+                "model_bytes": result["model_bytes"],
+                "ram_bytes": result["ram_bytes"],
+                "arena_used_bytes": result["arena_used_bytes"],
+                "instructions": result["instructions_per_invoke"],
+                "decode_instructions": sum(n for op, n in by_type.items() if "DECODE" in op),
+                "output_matches_host": result["output_matches_host"],
+            }
+    return {"target": target, "kernels": kernels, **builds}
+
+
+def firmware_markdown(comparison: dict[str, Any]) -> str:
+    stored, dense = comparison["stored"], comparison["dense"]
+    quantities = (
+        ("firmware flash (B)", "flash_bytes"),
+        ("model (B)", "model_bytes"),
+        ("RAM (B)", "ram_bytes"),
+        ("arena used (B)", "arena_used_bytes"),
+        ("instructions per inference", "instructions"),
+    )
+    rows = []
+    for label, key in quantities:
+        extra = f" (DECODE {stored['decode_instructions']:,})" if key == "instructions" else ""
+        rows.append([label, f"{dense[key]:,}", f"{stored[key]:,}{extra}", stored[key] / dense[key]])
+    return "\n".join(
+        [
+            f"### The demo's export on {comparison['target']} ({comparison['kernels'].replace('_', '-')} kernels)",
+            "",
+            "The firmware (`make firmware`) of `make demo`'s export, built with TFLM's DECODE support, against the "
+            "same model stored dense; both run in qemu and give the host TFLM's outputs on every sample "
+            f"({'yes' if stored['output_matches_host'] and dense['output_matches_host'] else 'NO'}).",
+            "",
+            markdown_table(["", "dense", "stored compressed", "ratio"], [[*r[:3], f"{r[3]:.3f}"] for r in rows]),
+            "",
+        ]
+    )
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -276,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/compression.md")
     parser.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     parser.add_argument("--from_json", default=None, help="Rewrite the page from the rows of an earlier --json.")
+    parser.add_argument(
+        "--firmware_run",
+        default=None,
+        help="Also build this export (e.g. runs/quickstart after make demo) for the Cortex-M4 with CMSIS-NN, "
+        "stored compressed and dense, and add the comparison.",
+    )
     args = parser.parse_args(argv)
     title = (
         "Compressed weights: ShuffleNet 1x g3 at 224x224x3 (untrained)"
@@ -290,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work_dir:
             rows = measure(model, data_arguments, work_dir, args.imagenet)
     text = report(rows, title, accuracy=not args.imagenet, plot_path=os.path.splitext(args.output)[0] + ".png")
+    if args.firmware_run:
+        comparison = firmware_comparison(args.firmware_run)
+        print(json.dumps(comparison), file=sys.stderr, flush=True)
+        text += "\n" + firmware_markdown(comparison)
     write_text(args.output, text)
     if not args.imagenet and os.path.exists(BENCHMARKS_PAGE):
         with open(BENCHMARKS_PAGE, encoding="utf-8") as handle:
