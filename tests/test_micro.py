@@ -521,7 +521,7 @@ def test_prune_and_qat_export(tmp_path):
     assert report["flash_bytes"] == storage["model_bytes"] < 0.8 * storage["dense_model_bytes"]
     # Bit-identical after QAT too (the classifier is exported as a 1x1 CONV_2D).
     assert report["tflm_bit_exact"]["bit_exact"] and report["tflm_bit_exact"]["tolerance_lsb"] == 0
-    assert report["quantize"] == "qat" and "dense" in sparsity["note"]
+    assert report["quantize"] == "qat" and "pruned encoding" in sparsity["note"]
     assert (tmp_path / "run" / "model_int8.tflite").exists()
     # The caller's model is left unpruned.
     kernel = model.get_layer("stage3_unit2_gconv1").get_weights()[0]

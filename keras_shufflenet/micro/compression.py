@@ -5,10 +5,10 @@ tfmot 0.8 accepts only Keras 2 models, so both need the process to run with
 builds tf_keras models). ShuffleNet's functional graph exposes every conv,
 batch norm and activation as its own layer, which is what tfmot works on.
 
-What pruning buys on TFLite Micro: TFLM stores every tensor dense and has no
-sparse kernels, so zeroed weights save neither flash, RAM nor time by
-themselves. They pay off only when the weights are compressed (zeros compress
-well), e.g. in a compressed firmware image or with TFLM's weight compression.
+What pruning and clustering buy on TFLite Micro: TFLM has no sparse kernels,
+so zeros save no RAM or inference time; they save flash once the weights are
+stored compressed, which the export does (``tflm_compression.py``: the pruned
+encoding, or a LUT for clustered weights, decoded by TFLM's DECODE operator).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import ChannelShuffle
 
 PRUNING_ON_TFLM = (
-    "TFLite Micro stores tensors dense and has no sparse kernels: pruning saves no flash, RAM or inference time "
-    "on the device by itself. The zeros pay off only where the weights are compressed (see "
-    "`int8_zlib_bytes`: a compressed firmware image or TFLM's weight compression)."
+    "TFLite Micro has no sparse kernels: zero weights save no RAM or inference time. They save flash where the "
+    "board's model stores the pruned kernels in TFLM's pruned encoding (see the weight storage section)."
 )
 
 
