@@ -22,6 +22,7 @@ import keras_shufflenet
 from benchmarks.failure_probes import write_pattern_folder as make_pattern_folder
 from keras_shufflenet import data, export_job, training
 from keras_shufflenet.keras_compat import keras
+from keras_shufflenet.micro.tflm_compression import Compression
 from keras_shufflenet.training import checkpointing, optimization
 from keras_shufflenet.training import config as config_lib
 
@@ -220,6 +221,15 @@ def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
         training.train(config, strategy=two_replicas)
 
 
+def test_clustering_flags_become_the_exports_compression_and_need_tfmot() -> None:
+    flags = {"quantize": "ptq", "weight_quantization": "per_tensor", "clusters": 16, "layer_clusters": "stage4:4"}
+    micro_config = training.TrainConfig.from_flat(flags).micro
+    assert micro_config.compression == Compression(clusters=16, layer_clusters={"stage4": 4})
+    assert micro_config.needs_tfmot
+    with pytest.raises(training.ConfigError, match="layer_clusters"):
+        training.TrainConfig.from_flat({**flags, "layer_clusters": "stage4=4"})
+
+
 def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
     root = str(tmp_path / "data")
     make_pattern_folder(root, per_class=4, test_per_class=2)
@@ -241,10 +251,13 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
         "prune_epochs",
         "quantize",
         "weight_quantization",
+        "compression",
         "labels",
         "num_representative",
     }
     assert kwargs["weight_quantization"] == "per_channel"
+    # No clustering; weights stored in the smallest encoding that shrinks them.
+    assert kwargs["compression"] == Compression(clusters=0, store="auto")
     assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]
     batches = list(representative)
     assert sum(len(b) for b in batches) == 5 and batches[0].shape[1:] == (32, 32, 1)
