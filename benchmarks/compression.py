@@ -33,7 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot (pruning, clustering) needs Keras 2.
+if __name__ == "__main__":
+    # tfmot (pruning, clustering) needs Keras 2, chosen before TensorFlow is imported. Only when run:
+    # importing this module (the tests do) must not switch the importing process's children to Keras 2.
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from benchmarks.common import COMPRESSION_BLOCK, markdown_table, with_marked_block  # noqa: E402
 from keras_shufflenet.run_dir import atomic_path, write_json, write_text  # noqa: E402
