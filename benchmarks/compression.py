@@ -295,8 +295,8 @@ def benchmarks_section(page: str, page_path: str) -> str:
     body = page.split("\n", 2)[2]  # Without the page's title.
     return (
         "## 6. Compressed weights: flash against accuracy (the quickstart)\n\n"
-        f"From `python -m benchmarks.compression` ([{os.path.basename(page_path)}]({os.path.basename(page_path)}), "
-        "which also has the 224×224 model).\n" + body
+        f"From `python -m benchmarks.compression` ([{os.path.basename(page_path)}]({os.path.basename(page_path)}); "
+        "the 224×224 model: [compression_imagenet.md](compression_imagenet.md)).\n" + body
     )
 
 
