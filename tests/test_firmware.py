@@ -40,6 +40,18 @@ def _digits(indices: np.ndarray, images: np.ndarray) -> np.ndarray:
     return preprocess_input(resized)
 
 
+def _export(model, calibration, evaluation, run_dir):
+    """Exports as `make demo` does, with 320 calibration images and the eval digits."""
+    return export(
+        model,
+        [calibration[i : i + 32] for i in range(0, 320, 32)],
+        str(run_dir),
+        name="quickstart",
+        eval_data=tf.data.Dataset.from_tensor_slices(evaluation).batch(50),
+        labels=[str(i) for i in range(10)],
+    )
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     """The demo's model, trained for 2 epochs on the embedded digits, exported as `make demo` does."""
@@ -54,14 +66,7 @@ def quickstart_run(tmp_path_factory):
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(train_x, train_y, batch_size=32, epochs=2, verbose=0)
     run_dir = tmp_path_factory.mktemp("quickstart")
-    report = export(
-        model,
-        [calibration[i : i + 32] for i in range(0, 320, 32)],
-        str(run_dir),
-        name="quickstart",
-        eval_data=tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(50),
-        labels=[str(i) for i in range(10)],
-    )
+    report = _export(model, calibration, (eval_x, eval_y), run_dir)
     return {"dir": run_dir, "report": report, "model": model, "calibration": calibration, "eval": (eval_x, eval_y)}
 
 
@@ -83,16 +88,7 @@ def compressed_run(quickstart_run, tmp_path_factory):
             weights = layer.get_weights()
             layer.set_weights([_sparse_and_shared(weights[0], rng), *weights[1:]])
     run_dir = tmp_path_factory.mktemp("compressed")
-    eval_x, eval_y = quickstart_run["eval"]
-    calibration = quickstart_run["calibration"]
-    report = export(
-        model,
-        [calibration[i : i + 32] for i in range(0, 320, 32)],
-        str(run_dir),
-        name="quickstart",
-        eval_data=tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(50),
-        labels=[str(i) for i in range(10)],
-    )
+    report = _export(model, quickstart_run["calibration"], quickstart_run["eval"], run_dir)
     return {"dir": run_dir, "report": report}
 
 
