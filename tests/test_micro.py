@@ -28,6 +28,7 @@ from keras_shufflenet.micro import (
     export,
     flatbuffer,
     graph,
+    tflm_compression,
     verify,
 )
 
@@ -518,7 +519,13 @@ def test_prune_and_qat_export(tmp_path):
     # The board's model stores the pruned kernels in TFLM's pruned encoding, lossless in TFLM.
     storage = report["weight_storage"]
     assert storage["by_encoding"]["prune"]["tensors"] >= 10 and storage["lossless_samples"] == 32
-    assert report["flash_bytes"] == storage["model_bytes"] < 0.8 * storage["dense_model_bytes"]
+    # The model shrinks by what the encodings save, less at most DECODE_OVERHEAD_BYTES per DECODE operator
+    # (this tiny model's flatbuffer is half operator and quantization tables, so that is about 16 %).
+    compressed = [t for t in storage["tensors"] if t["encoding"] != "dense"]
+    saved = sum(t["dense_bytes"] - t["stored_bytes"] for t in compressed)
+    assert 0.3 * sum(t["dense_bytes"] for t in compressed) < saved
+    upper = storage["dense_model_bytes"] - saved + tflm_compression.DECODE_OVERHEAD_BYTES * len(compressed)
+    assert storage["dense_model_bytes"] - saved < report["flash_bytes"] == storage["model_bytes"] <= upper
     # Bit-identical after QAT too (the classifier is exported as a 1x1 CONV_2D).
     assert report["tflm_bit_exact"]["bit_exact"] and report["tflm_bit_exact"]["tolerance_lsb"] == 0
     assert report["quantize"] == "qat" and "pruned encoding" in sparsity["note"]

@@ -169,6 +169,10 @@ def test_pruned_weights_are_stored_pruned_and_run_bit_identical(tmp_path, rng):
     pruned = [t for t in stored.tensors if t.encoding == "prune"]
     assert pruned and all(t.zero_fraction > 0.6 for t in pruned)
     assert sum(t.stored_bytes for t in pruned) < 0.5 * sum(t.dense_bytes for t in pruned)
+    # The model shrinks by what the encodings save, less at most DECODE_OVERHEAD_BYTES per DECODE operator:
+    # the encoded tensor must not keep a second copy of the per-channel scales and zero points.
+    saved = sum(t.dense_bytes - t.stored_bytes for t in stored.compressed_tensors)
+    assert len(dense) - saved < len(stored.model) <= len(dense) - saved + tc.DECODE_OVERHEAD_BYTES * len(pruned)
     np.testing.assert_array_equal(
         _tflm_outputs(stored.model, images, tmp_path, "pruned"), _tflm_outputs(dense, images, tmp_path, "dense")
     )
