@@ -5,8 +5,9 @@ from setuptools import find_packages, setup
 EXTRAS = {
     # Training and evaluation on tf.data / TensorFlow Datasets (train/main.py).
     "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
-    # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro).
-    "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro"],
+    # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro); LiteRT runs .tflite
+    # models (TensorFlow's tf.lite.Interpreter is deprecated), TensorFlow's converter writes them.
+    "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro", "ai-edge-litert==2.3.0"],
     # Tests, linting and formatting.
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
 }

@@ -1,6 +1,6 @@
 """TFLite on the CPU: latency of float32 and full-int8 models at 224x224, one thread, default kernels.
 
-``tf.lite.Interpreter(num_threads=1)`` with its default op resolver, which
+LiteRT's interpreter (``ai_edge_litert``, ``num_threads=1``) with its default op resolver, which
 delegates the supported ops to XNNPACK. All interpreters are timed in
 interleaved rounds; the tables give the median over the rounds.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from benchmarks.common import (
     MOBILENET_050,
@@ -29,6 +28,7 @@ from benchmarks.common import (
     with_change,
 )
 from keras_shufflenet import ChannelShuffle
+from keras_shufflenet.micro import litert
 from keras_shufflenet.profiling import profile
 
 INPUT_SHAPE = (224, 224, 3)
@@ -38,7 +38,7 @@ PRECISIONS = ("float32", "int8")
 
 def _invoker(tflite_model: bytes, seed: int) -> Any:
     """A zero-argument callable that runs one inference on a fixed random input."""
-    interpreter = tf.lite.Interpreter(model_content=tflite_model, num_threads=1)
+    interpreter = litert.interpreter(tflite_model, num_threads=1)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(seed)
@@ -100,7 +100,7 @@ def report(results: dict[ModelSpec, dict[str, Any]], rounds: int, min_seconds: f
     ]
     return "\n\n".join(
         [
-            f"224×224×3, 1000 classes, static batch of 1, `tf.lite.Interpreter(num_threads=1)` with the default "
+            f"224×224×3, 1000 classes, static batch of 1, LiteRT's interpreter (`num_threads=1`) with the default "
             f"kernels (XNNPACK). Int8 is full-integer (int8 input and output). Median of {rounds} interleaved "
             f"rounds of at least {min_seconds:g} s and 3 invokes per model and precision, after one untimed "
             "invoke.",

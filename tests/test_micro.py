@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from keras_shufflenet.micro import (
     export,
     flatbuffer,
     graph,
+    litert,
     tflm_compression,
     verify,
 )
@@ -99,7 +101,7 @@ def test_export_writes_float_and_int8_models_and_report(exported):
     assert "| flash: int8 model bytes (" in (out / "report.md").read_text()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
     # Full int8 with a static batch of one, as TFLM needs.
-    interpreter = tf.lite.Interpreter(model_content=int8_model)
+    interpreter = litert.interpreter(int8_model)
     (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
     assert list(inp["shape_signature"]) == [1, *INPUT_SHAPE]
@@ -131,6 +133,19 @@ def test_accuracy_matches_independent_evaluation(exported, tiny_model):
     assert report["float_tflite_max_abs_diff"] < 1e-4
 
 
+def test_reference_runs_use_litert_and_warn_of_no_deprecation(exported):
+    int8_model = _read(exported["dir"] / "tiny_int8.tflite")
+    assert type(litert.interpreter(int8_model, reference_kernels=True)).__module__.startswith("ai_edge_litert")
+    inputs = np.random.default_rng(3).integers(-128, 128, (4, *INPUT_SHAPE)).astype(np.int8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reference = verify.run_reference(int8_model, inputs)
+    assert not [w for w in caught if "deprecated" in str(w.message)]
+    # LiteRT's reference kernels are TFLM's oracle: the same int8 outputs, bit for bit.
+    path = exported["dir"] / "tiny_int8_tflm.tflite"
+    np.testing.assert_array_equal(verify.run_tflm(str(path), exported["report"]["arena_bytes"], inputs), reference)
+
+
 def test_arena_is_the_smallest_that_works(exported):
     report = exported["report"]
     model_path = str(exported["dir"] / "tiny_int8_tflm.tflite")
@@ -154,7 +169,7 @@ def test_model_data_cc_holds_exactly_the_tflite_bytes(exported):
 def test_model_settings_and_op_resolver(exported):
     report, tflm = exported["report"], exported["dir"] / "tflm"
     settings = (tflm / "model_settings.h").read_text()
-    interpreter = tf.lite.Interpreter(model_content=_read(exported["dir"] / "tiny_int8.tflite"))
+    interpreter = litert.interpreter(_read(exported["dir"] / "tiny_int8.tflite"))
     in_scale, in_zero = interpreter.get_input_details()[0]["quantization"]
     out_scale, out_zero = interpreter.get_output_details()[0]["quantization"]
     assert float(re.search(r"kInputScale = ([0-9.e-]+)f;", settings).group(1)) == pytest.approx(in_scale)

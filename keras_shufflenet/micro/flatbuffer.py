@@ -218,9 +218,9 @@ def check_static_shapes(tflite_model: bytes) -> None:
 
 def io_quantization(tflite_model: bytes) -> dict[str, Any]:
     """Shapes, dtypes and (scale, zero point) of the single input and output of a ``.tflite`` model."""
-    import tensorflow as tf
+    from keras_shufflenet.micro import litert
 
-    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    interpreter = litert.interpreter(tflite_model)
     details = {}
     for role, (info,) in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
         scale, zero_point = info["quantization"]

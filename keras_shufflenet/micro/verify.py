@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_shufflenet.micro import litert
 from keras_shufflenet.micro.tflm_compression import DECODE_OP
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_worker.py")
@@ -186,19 +187,12 @@ def run_tflm(model_path: str, arena_bytes: int, inputs: np.ndarray, timeout: flo
 
 def run_reference(tflite_model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Runs every input through TFLite's reference kernels, the bit-exact oracle for TFLM."""
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(
-        model_content=tflite_model, experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF
-    )
-    return _run_tflite(interpreter, inputs)
+    return _run_tflite(litert.interpreter(tflite_model, reference_kernels=True), inputs)
 
 
 def run_tflite(tflite_model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Runs every input through the default TFLite interpreter (used for the float model)."""
-    import tensorflow as tf
-
-    return _run_tflite(tf.lite.Interpreter(model_content=tflite_model), inputs)
+    return _run_tflite(litert.interpreter(tflite_model), inputs)
 
 
 def _run_tflite(interpreter: Any, inputs: np.ndarray) -> np.ndarray:
