@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
-from keras_shufflenet import data, portable_weights, run_dir
+from keras_shufflenet import console, data, portable_weights, run_dir
 from keras_shufflenet.keras_compat import LEGACY_KERAS_ENV, USE_LEGACY_KERAS
 from keras_shufflenet.training.config import ConfigError, TrainConfig
 from keras_shufflenet.training.loop import build_model, load_source
@@ -50,7 +50,13 @@ def run_micro_export(config: TrainConfig, model: Any, source: data.DataSource) -
         compression=config.micro.compression,
         labels=source.class_names,
         num_representative=config.micro.representative_samples,
+        verbose=min(config.verbose, 2),
+        progress=_print_progress if config.verbose else None,
     )
+
+
+def _print_progress(line: str) -> None:
+    print(f"  export: {line}", flush=True)
 
 
 def export_trained(config: TrainConfig) -> dict[str, Any]:
@@ -95,6 +101,8 @@ def export_run(config: TrainConfig) -> dict[str, Any]:
     # selects before importing TensorFlow: export in a child.
     command = [sys.executable, "-m", "keras_shufflenet.export_job", config.model_dir]
     _log.info("Micro export under Keras 2 (tf_keras): %s", " ".join(command))
+    if config.verbose:
+        _print_progress("in a Keras 2 (tf_keras) process, which tensorflow-model-optimization needs")
     result = subprocess.run(command, env=dict(os.environ, **{LEGACY_KERAS_ENV: "1"}), check=False)
     if result.returncode:
         raise RuntimeError(f"the micro export failed (exit code {result.returncode}); see the messages above.")
@@ -144,6 +152,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         config = TrainConfig.from_flat(run_dir.read_json(os.path.join(argv[1], run_dir.CONFIG_FILE)))
+        if os.environ.get(console.QUIET_ENV):  # Started by a quiet trainer: stay quiet.
+            console.quiet(config.verbose)
         export_trained(config)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -71,6 +71,7 @@ def exported(tiny_model, tmp_path_factory):
     eval_images, eval_labels = _images(48, seed=2)
     eval_data = tf.data.Dataset.from_tensor_slices((eval_images, eval_labels)).batch(16)
     out = tmp_path_factory.mktemp("export") / "run"
+    progress = []
     report = export(
         tiny_model,
         [calibration[:32], calibration[32:]],
@@ -80,8 +81,22 @@ def exported(tiny_model, tmp_path_factory):
         num_representative=48,
         num_verify=12,
         name="tiny",
+        progress=progress.append,
     )
-    return {"report": report, "dir": out, "eval": (eval_images, eval_labels)}
+    return {"report": report, "dir": out, "eval": (eval_images, eval_labels), "progress": progress}
+
+
+def test_progress_names_each_stage_as_it_ends_with_its_time(exported):
+    lines = exported["progress"]
+    stages = [line.split(":")[0].split(" (")[0] for line in lines]
+    assert stages == list(exported["report"]["timings_s"])[: len(stages)]
+    assert stages[:3] == ["read data", "profile", "convert"] and "arena search" in stages
+    for line, seconds in zip(lines, exported["report"]["timings_s"].values(), strict=False):
+        assert line.endswith(f"({seconds:.1f} s)")
+    assert "read data: 48 calibration and 48 evaluation images" in lines[0]
+    assert any(
+        line.startswith("verify in TFLM: 48 samples, 12 against the reference kernels: bit-identical") for line in lines
+    )
 
 
 def _read(path):

@@ -254,7 +254,10 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
         "compression",
         "labels",
         "num_representative",
+        "verbose",
+        "progress",
     }
+    assert kwargs["verbose"] == 0 and kwargs["progress"] is None  # --verbose=0: no stage lines either.
     assert kwargs["weight_quantization"] == "per_channel"
     # No clustering; weights stored in the smallest encoding that shrinks them.
     assert kwargs["compression"] == Compression(clusters=0, store="auto")
@@ -486,8 +489,8 @@ def test_pruned_export_trains_in_keras_3_and_prunes_in_keras_2(tmp_path: os.Path
     model_dir = str(tmp_path / "run")
     config = tiny_config(
         root, model_dir, epochs=1, prune_sparsity=0.5, prune_epochs=1, quantize="ptq", representative_samples=8
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    ).replace(verbose=2)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
     result = subprocess.run(
         [sys.executable, MAIN, *config_flags(config)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO
     )
@@ -501,3 +504,11 @@ def test_pruned_export_trains_in_keras_3_and_prunes_in_keras_2(tmp_path: os.Path
     assert metrics["micro"]["tflm_bit_exact"]["bit_exact"]
     assert os.path.exists(os.path.join(model_dir, "tflm", "model_data.cc"))
     assert "Microcontroller export in" in result.stdout
+    # What the user sees: one line per export stage with its time, and none of TensorFlow's start-up chatter
+    # (from this process or from the Keras 2 child).
+    stages = [line for line in result.stdout.splitlines() if line.startswith("  export: ")]
+    names = [re.match(r"  export: (.+?)(?:: | \()", s).group(1) for s in stages if s.endswith(" s)")]
+    assert names[:3] == ["read data", "profile", "prune"]
+    assert any(s.startswith("  export: verify in TFLM: ") and "bit-identical" in s for s in stages)
+    for noise in ("cuInit", "cudart_stub", "absl::InitializeLog", "Sharding callback", "XNNPACK", "I0000"):
+        assert noise not in result.stderr + result.stdout

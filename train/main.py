@@ -26,7 +26,7 @@ from absl import app, flags
 
 # Nothing here may import TensorFlow: the Keras flavour is chosen at import.
 # (keras_compat and training.config are TensorFlow-free.)
-from keras_shufflenet import run_dir
+from keras_shufflenet import console, run_dir
 from keras_shufflenet.keras_compat import LEGACY_KERAS_ENV, legacy_keras_selected
 from keras_shufflenet.training import config as config_lib
 
@@ -78,7 +78,10 @@ def main(argv: list[str]) -> None:
     if config_lib.needs_legacy_keras(config) and not legacy_keras_selected():
         env = dict(os.environ, **{LEGACY_KERAS_ENV: "1"})
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before TensorFlow is imported: its start-up lines come at import.
+    console.quiet(config.verbose)
+    if config.verbose < console.LIBRARY_LOGS_VERBOSITY:
+        console.quiet_python_logs()  # Again: app.run set absl's verbosity from its flags.
 
     from keras_shufflenet import export_job
     from keras_shufflenet.training import distribute, loop

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,16 +101,19 @@ class _Verified:
 
 
 class _Timer:
-    """Wall-clock seconds per stage, in order."""
+    """Wall-clock seconds per stage, in order; each finished stage is told to ``progress`` with its time."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
         self.timings: dict[str, float] = {}
+        self._progress = progress
         self._started = time.monotonic()
 
-    def lap(self, phase: str) -> None:
+    def lap(self, phase: str, detail: str = "") -> None:
         now = time.monotonic()
         self.timings[phase] = round(now - self._started, 2)
         self._started = now
+        if self._progress is not None:
+            self._progress(f"{phase}{': ' + detail if detail else ''} ({self.timings[phase]:.1f} s)")
 
 
 def _read_data(
@@ -140,7 +143,10 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
         float_model = compression.prune(
             model, train_data, options.prune_sparsity, options.prune_epochs, verbose=options.verbose
         )
-        timer.lap("prune")
+        timer.lap(
+            "prune",
+            f"to {options.prune_sparsity:.0%} of the prunable weights, {options.prune_epochs} fine-tuning epoch(s)",
+        )
     clustering = None
     settings = options.compression
     if settings.clustering:
@@ -164,7 +170,7 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             "epochs": settings.epochs,
             "distinct": compression.distinct_weights(float_model, settings.per_channel),
         }
-        timer.lap("cluster")
+        timer.lap("cluster", f"{settings.clusters} shared values per kernel, {settings.epochs} fine-tuning epoch(s)")
     sparsity = compression.weight_sparsity(float_model)
     sparsity.update(target=options.prune_sparsity, note=compression.PRUNING_ON_TFLM)
     quant_model = float_model
@@ -172,15 +178,22 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
         quant_model = compression.quantization_aware_training(
             float_model, train_data, options.qat_epochs, preserve_sparsity=options.pruning, verbose=options.verbose
         )
-        timer.lap("quantization-aware training")
+        timer.lap("quantization-aware training", f"{options.qat_epochs} epoch(s)")
     return _Compressed(float_model, quant_model, sparsity, clustering, accuracy)
 
 
-def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOptions, staging: str) -> _Converted:
+def _convert(
+    compressed: _Compressed, calibration: np.ndarray, options: ExportOptions, staging: str, timer: _Timer
+) -> _Converted:
     """Float and full-int8 flatbuffers, checked for TFLM, and the compact copy the board gets."""
     # In a child process: TensorFlow's calibrator can crash its process (SIGSEGV).
     float_tflite, int8_tflite = convert.convert_in_child(
         compressed.float_model, compressed.quant_model, calibration, options.weight_quantization
+    )
+    timer.lap(
+        "convert",
+        f"float and int8 ({options.weight_quantization.replace('_', '-')} weights) .tflite, calibrated on "
+        f"{len(calibration):,} images",
     )
     flatbuffer.check_static_shapes(int8_tflite)
     flatbuffer.check_tflm_ops(int8_tflite)
@@ -203,6 +216,11 @@ def _convert(compressed: _Compressed, calibration: np.ndarray, options: ExportOp
         dense_arena = verify.find_min_arena(dense_tflm_path, margin=options.arena_margin)
         max_decoded = dense_arena.min_bytes
     stored = tflm_compression.compress(compact_model.model, settings.store, settings.index_bits, max_decoded)
+    if stored.compressed_tensors:
+        timer.lap(
+            "store weights compressed",
+            f"{len(stored.compressed_tensors)} tensors, {len(compact_model.model):,} -> {len(stored.model):,} bytes",
+        )
     contents = {
         f"{options.name}_float.tflite": float_tflite,
         f"{options.name}_int8.tflite": int8_tflite,
@@ -245,7 +263,7 @@ def _verify(
             f"bytes of tensor arena in TFLite Micro ({search.recommended_bytes:,} recommended)."
         )
     arena_bytes = options.arena_bytes if options.arena_bytes is not None else search.recommended_bytes
-    timer.lap("arena search")
+    timer.lap("arena search", f"{search.min_bytes:,} bytes at least, {arena_bytes:,} set")
 
     images = data.eval_images if data.eval_images is not None else data.calibration
     io_input = converted.io["input"]
@@ -267,12 +285,16 @@ def _verify(
         accuracy["drop_points"] = round(100 * (float_top1 - int8_top1), 2)
         predicted = tflm_outputs.reshape(len(tflm_outputs), -1).argmax(axis=1)
         accuracy["top1_agreement"] = float(np.mean(float_outputs.argmax(axis=1) == predicted))
-    timer.lap("verify in TFLM")
+    agreement = "bit-identical" if bit_exact["bit_exact"] else f"at most {bit_exact['max_abs_diff_lsb']} LSB apart"
+    compared = min(options.num_verify, len(tflm_outputs))
+    timer.lap(
+        "verify in TFLM", f"{len(tflm_outputs):,} samples, {compared:,} against the reference kernels: {agreement}"
+    )
 
     decode = None
     if converted.dense_tflm_path is not None:
         decode = _check_lossless(converted, int8_inputs, tflm_outputs, options)
-        timer.lap("verify compressed weights")
+        timer.lap("verify compressed weights", f"outputs equal to the dense model's on {len(int8_inputs):,} samples")
     instructions = None
     if options.count_instructions:
         counted = verify.count_instructions_by_op(converted.tflm_path, arena_bytes, int8_inputs[0])
@@ -286,7 +308,7 @@ def _verify(
                 dense_instructions=dense,
                 decode_instructions=counted.by_op.get(tflm_compression.DECODE_OP, 0),
             )
-        timer.lap("count instructions")
+        timer.lap("count instructions", "n/a" if instructions is None else f"{instructions:,} per inference")
     return _Verified(
         search,
         arena_bytes,
@@ -361,6 +383,7 @@ def export(
     count_instructions: bool = False,
     tolerance_lsb: int | None = None,
     verbose: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prunes, quantizes to int8, converts, verifies in TFLite Micro and writes the firmware files.
 
@@ -439,6 +462,8 @@ def export(
         reference kernels. Defaults to `None`: 0 (bit-identical; see
         ``DEFAULT_TOLERANCE_LSB``).
       verbose: Keras ``fit`` verbosity during fine-tuning. Defaults to `0`.
+      progress: Called with one line as each stage ends (what it did, its
+        seconds), e.g. ``print``. Defaults to `None` (silent).
 
     Returns:
       The report (also written as ``report.json``), with ``float_top1``,
@@ -478,20 +503,20 @@ def export(
         tolerance_lsb=tolerance_lsb,
         verbose=verbose,
     )
-    timer = _Timer()
+    timer = _Timer(progress)
     staging = run_dir.make_staging_dir(output_dir)
     try:
         data = _read_data(model, representative_data, eval_data, options)
-        timer.lap("read data")
+        evaluated = "" if data.eval_images is None else f" and {len(data.eval_images):,} evaluation"
+        timer.lap("read data", f"{len(data.calibration):,} calibration{evaluated} images")
         model_profile = profile(model)
         timer.lap("profile")
         compressed = _compress(model, train_data, data, options, timer)
-        converted = _convert(compressed, data.calibration, options, staging)
-        timer.lap("convert")
+        converted = _convert(compressed, data.calibration, options, staging, timer)
         verified = _verify(converted, compressed, data, options, timer)
         firmware_files = _write_firmware_sources(staging, converted, verified, data, options)
         compressed.sparsity["int8_zero_fraction"] = flatbuffer.int8_weight_zero_fraction(converted.int8_tflite)
-        timer.lap("firmware files")
+        timer.lap("firmware files", "tflm/: the model, its settings, op resolver and samples as C sources")
         result = report.build(
             name=options.name,
             model=model,
@@ -520,7 +545,7 @@ def export(
             representative_samples=len(data.calibration),
             files=converted.files + [f"{run_dir.FIRMWARE_DIR}/{f}" for f in firmware_files],
         )
-        timer.lap("report")
+        timer.lap("report", "report.json, report.md")
         result["timings_s"] = timer.timings
         report.write_report(staging, result)
         # report.json last: its presence means the export is complete.

@@ -30,7 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 AUGMENTATIONS = ("none", "shift", "scale")
 CHANNELS = (0, 1, 3)
-VERBOSITIES = (0, 1, 2)
+VERBOSITIES = (0, 1, 2, 3)
 # How the micro export quantizes (``micro.export``'s ``quantize``), and
 # "none" for a training run without an export.
 EXPORT_QUANTIZE_MODES = ("ptq", "qat")
@@ -302,7 +302,12 @@ class TrainConfig:
     jit_compile: bool = option(False, "Compile the training step with XLA.")
     steps_per_execution: int = option(1, "Training steps per tf.function call.", interval="[1, inf)")
     validation_freq: int = option(1, "Evaluate on the eval split every N epochs during training.", interval="[1, inf)")
-    verbose: int = option(1, "Keras output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=VERBOSITIES)
+    verbose: int = option(
+        1,
+        "Output: 0 silent training, 1 progress bar, 2 one line per epoch, 3 as 2 with TensorFlow's own "
+        "logs (hidden below 3: start-up, CUDA probe, absl INFO, converter warnings).",
+        choices=VERBOSITIES,
+    )
     eval_model: str = option("", "Model for --mode=eval; empty uses model_dir/model.keras.")
     data: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     micro: MicroExportConfig = dataclasses.field(default_factory=MicroExportConfig)

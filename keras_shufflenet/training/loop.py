@@ -251,7 +251,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                 validation_steps=data.eval_steps(source.num_eval, config.eval_batch),
                 validation_freq=config.validation_freq,
                 callbacks=callbacks,
-                verbose=config.verbose,
+                verbose=min(config.verbose, 2),
             )
         if saver.diverged_at is not None:
             epoch, step = saver.diverged_at
