@@ -48,8 +48,8 @@ format: $(STAMP)
 # the package supports both, and the tests marked legacy_keras (tfmot) only
 # run there.
 test: lint
-	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra -m "not slow or legacy_keras" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS) tests
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra --durations=15 -m "not slow or legacy_keras" $(PYTEST_ARGS) tests
 
 # The board's model stores its weights compressed, decoded by TFLM's DECODE
 # operator: kernels clustered to 16 shared values (4 in stage 4, which holds
