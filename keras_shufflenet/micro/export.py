@@ -31,6 +31,7 @@ from keras_shufflenet.micro import (
     tflm_compression,
     verify,
 )
+from keras_shufflenet.micro import npu as ethos_u  # `npu` is export()'s argument.
 from keras_shufflenet.micro.options import Compression, ExportOptions
 from keras_shufflenet.micro.options import validate as validate_options
 from keras_shufflenet.profiling import profile
@@ -360,6 +361,7 @@ def export(
     arena_bytes: int | None = None,
     count_instructions: bool = False,
     tolerance_lsb: int | None = None,
+    npu: str | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Prunes, quantizes to int8, converts, verifies in TFLite Micro and writes the firmware files.
@@ -438,6 +440,16 @@ def export(
       tolerance_lsb: Largest allowed difference between TFLM and TFLite's
         reference kernels. Defaults to `None`: 0 (bit-identical; see
         ``DEFAULT_TOLERANCE_LSB``).
+      npu: An Arm Ethos-U NPU to compile for as well, one of
+        :data:`keras_shufflenet.micro.npu.ACCELERATORS` (e.g.
+        ``"ethos-u55-128"``), with Arm's Vela (``pip install ethos-u-vela``).
+        The int8 model is rewritten for the NPU (grouped convolutions split
+        per group; checked bit-identical in TFLM on every sample), compiled
+        to ``<name>_vela.tflite`` and written as ``ethos_u/model_data.cc``
+        with ``ethos_u/ethos_u_settings.h``; the report's ``npu`` section
+        holds Vela's estimates (cycles, SRAM, flash, per operator, operators
+        left to the CPU). The ``tflm/`` CPU files are unchanged. Defaults to
+        `None`.
       verbose: Keras ``fit`` verbosity during fine-tuning. Defaults to `0`.
 
     Returns:
@@ -476,6 +488,7 @@ def export(
         arena_bytes=arena_bytes,
         count_instructions=count_instructions,
         tolerance_lsb=tolerance_lsb,
+        npu=npu,
         verbose=verbose,
     )
     timer = _Timer()
@@ -492,6 +505,18 @@ def export(
         firmware_files = _write_firmware_sources(staging, converted, verified, data, options)
         compressed.sparsity["int8_zero_fraction"] = flatbuffer.int8_weight_zero_fraction(converted.int8_tflite)
         timer.lap("firmware files")
+        npu_section, npu_files = None, []
+        if options.npu is not None:
+            npu_section, npu_files = ethos_u.export_npu(
+                staging,
+                options.name,
+                converted.int8_tflite,
+                options.npu,
+                verified.int8_inputs,
+                verified.tflm_outputs,
+                options.arena_margin,
+            )
+            timer.lap("NPU (Vela)")
         result = report.build(
             name=options.name,
             model=model,
@@ -520,11 +545,16 @@ def export(
             representative_samples=len(data.calibration),
             files=converted.files + [f"{run_dir.FIRMWARE_DIR}/{f}" for f in firmware_files],
         )
+        if npu_section is not None:
+            result["npu"] = npu_section
+            result["files"] += npu_files
         timer.lap("report")
         result["timings_s"] = timer.timings
         report.write_report(staging, result)
         # report.json last: its presence means the export is complete.
         artifacts = [*converted.files, run_dir.FIRMWARE_DIR, run_dir.REPORT_MARKDOWN, run_dir.REPORT_JSON]
+        if npu_section is not None:
+            artifacts[-2:-2] = [*npu_files[:2], ethos_u.ETHOS_U_DIR]
         run_dir.commit_staged(staging, output_dir, artifacts)
         return result
     finally:

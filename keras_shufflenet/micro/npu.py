@@ -295,3 +295,121 @@ def settings_header(result: VelaResult, model_bytes: int) -> str:
         f"constexpr int kEthosUSramBytes = {arena};\n\n"
         "#endif  // KERAS_SHUFFLENET_ETHOS_U_SETTINGS_H_\n"
     )
+
+
+# The directory of an export that holds the Ethos-U build's sources.
+ETHOS_U_DIR = "ethos_u"
+
+
+def _layers_csv(layers: list[VelaLayer]) -> str:
+    lines = ["original_op,vela_op,target,cycles,macs,name"]
+    lines += [
+        f'{layer.original_op},{layer.vela_op},{layer.target},{layer.cycles},{layer.macs},"{layer.name}"'
+        for layer in layers
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_npu(
+    staging: str,
+    name: str,
+    int8_tflite: bytes,
+    accelerator: str,
+    int8_inputs: Any,
+    tflm_outputs: Any,
+    arena_margin: float,
+) -> tuple[dict[str, Any], list[str]]:
+    """The NPU stage of :func:`keras_shufflenet.micro.export`: rewrite, verify, compile, write.
+
+    Applies the NPU rewrites (:func:`keras_shufflenet.micro.npu_graph.rewrite`)
+    to the standard int8 model and checks in TFLite Micro that the rewritten
+    model gives ``tflm_outputs`` (the CPU model's TFLM outputs) bit for bit
+    on every one of ``int8_inputs``. Vela then compiles both the unrewritten
+    and the rewritten model (the first for the report's "before" column);
+    the rewritten one is what the board gets. Written into ``staging``:
+    ``<name>_int8_npu.tflite`` (the rewritten model given to Vela),
+    ``<name>_vela.tflite`` and ``ethos_u/`` (``model_data.h/.cc``,
+    ``ethos_u_settings.h``, ``vela_per_layer.csv``).
+
+    Returns:
+      The report's ``npu`` section and the names of the files written.
+
+    Raises:
+      keras_shufflenet.micro.verify.VerificationError: If a rewrite changed an output.
+    """
+    import numpy as np
+
+    from keras_shufflenet.micro import c_sources, npu_graph, verify
+
+    rewritten, counts = npu_graph.rewrite(int8_tflite)
+    npu_model = f"{name}_int8_npu.tflite"
+    npu_path = os.path.join(staging, npu_model)
+    with open(npu_path, "wb") as handle:
+        handle.write(rewritten)
+    arena = verify.find_min_arena(npu_path, margin=arena_margin)
+    outputs = verify.run_tflm(npu_path, arena.recommended_bytes, int8_inputs)
+    expected = np.asarray(tflm_outputs).reshape(len(outputs), -1)
+    differing = int(np.count_nonzero(np.any(outputs.reshape(len(outputs), -1) != expected, axis=1)))
+    if differing:
+        raise verify.VerificationError(
+            f"The NPU rewrites {counts} changed the TFLM outputs on {differing} of {len(outputs)} samples."
+        )
+    before = compile_model(int8_tflite, accelerator)
+    after = compile_model(rewritten, accelerator)
+    vela_model = f"{name}_vela.tflite"
+    with open(os.path.join(staging, vela_model), "wb") as handle:
+        handle.write(after.model)
+    os.mkdir(os.path.join(staging, ETHOS_U_DIR))
+    sources = c_sources.model_data_sources(after.model, name)
+    sources["ethos_u_settings.h"] = settings_header(after, len(after.model))
+    sources["vela_per_layer.csv"] = _layers_csv(after.layers)
+    for filename, text in sources.items():
+        with open(os.path.join(staging, ETHOS_U_DIR, filename), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    section = {
+        "vela_version": require_vela(),
+        "estimated": "Every cycle, time and memory figure is Vela's estimate; the NPU was not run.",
+        "rewrites": counts,
+        "rewrites_bit_exact_samples": len(outputs),
+        **after.to_dict(),
+        "before_rewrites": before.to_dict(),
+    }
+    files = [npu_model, vela_model] + [f"{ETHOS_U_DIR}/{filename}" for filename in sorted(sources)]
+    return section, files
+
+
+def markdown(section: dict[str, Any] | None) -> list[str]:
+    """The ``report.md`` lines of the ``npu`` section (none without one)."""
+    if not section:
+        return []
+    before = section["before_rewrites"]
+    lines = [
+        "",
+        f"## Arm Ethos-U NPU ({section['accelerator']}, Vela {section['vela_version']})",
+        "",
+        f"System `{section['system_config']}`, memory mode `{section['memory_mode']}`. {section['estimated']} "
+        f"The NPU rewrites {section['rewrites']} gave the CPU model's TFLM outputs bit for bit on "
+        f"{section['rewrites_bit_exact_samples']} samples.",
+        "",
+        "| quantity | before rewrites | board's model |",
+        "|---|---:|---:|",
+    ]
+    for label, key in (
+        ("NPU cycles per inference", "cycles"),
+        ("time at the NPU clock (ms)", "inference_ms"),
+        ("SRAM bytes", "sram_bytes"),
+        ("flash bytes", "flash_bytes"),
+        ("operators on the NPU", "npu_ops"),
+    ):
+        lines.append(f"| {label} | {before[key]:,} | {section[key]:,} |")
+    cpu_before, cpu_after = (", ".join(part["cpu_ops"]) or "none" for part in (before, section))
+    lines.append(f"| operators on the CPU | {cpu_before} | {cpu_after} |")
+    lines += ["", "| operator | cycles before | cycles | share | MACs |", "|---|---:|---:|---:|---:|"]
+    for op, entry in section["by_op"].items():
+        old = before["by_op"].get(op, {}).get("cycles", 0)
+        share = 100 * entry["cycles"] / section["cycles"]
+        lines.append(f"| {op} | {old:,} | {entry['cycles']:,} | {share:.1f} % | {entry['macs']:,} |")
+    for op, entry in before["by_op"].items():
+        if op not in section["by_op"]:
+            lines.append(f"| {op} | {entry['cycles']:,} | 0 | 0.0 % | 0 |")
+    return lines
