@@ -7,6 +7,8 @@ EXTRAS = {
     "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
     # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro).
     "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro"],
+    # The Arm Ethos-U NPU target (micro.export(npu=...)): Arm's Vela compiler.
+    "npu": ["ethos-u-vela==5.2.0"],
     # Tests, linting and formatting.
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
 }
