@@ -82,6 +82,13 @@ class VelaLayer:
     cycles: int
     macs: int
     name: str
+    npu_cycles: int = 0
+    memory_cycles: int = 0
+
+    @property
+    def memory_bound(self) -> bool:
+        """Whether Vela's estimate is set by memory traffic (e.g. weights read from flash), not by the NPU."""
+        return self.memory_cycles > self.npu_cycles
 
 
 @dataclasses.dataclass
@@ -130,8 +137,11 @@ class VelaResult:
         """Cycles, MACs and Vela operators per original TFLite operator, largest cycles first."""
         totals: dict[str, dict[str, int]] = {}
         for layer in self.layers:
-            entry = totals.setdefault(layer.original_op, {"cycles": 0, "macs": 0, "vela_ops": 0})
+            entry = totals.setdefault(
+                layer.original_op, {"cycles": 0, "macs": 0, "vela_ops": 0, "memory_bound_cycles": 0}
+            )
             entry["cycles"] += layer.cycles
+            entry["memory_bound_cycles"] += layer.cycles if layer.memory_bound else 0
             entry["macs"] += layer.macs
             entry["vela_ops"] += 1
         return dict(sorted(totals.items(), key=lambda item: -item[1]["cycles"]))
@@ -171,6 +181,8 @@ def _read_layers(path: str) -> list[VelaLayer]:
                 cycles=int(row["Op Cycles"]),
                 macs=int(row["MAC Count"]),
                 name=row["Name"].strip(),
+                npu_cycles=int(row["NPU"]),
+                memory_cycles=max(int(row[key]) for key in ("SRAM AC", "DRAM AC", "OnFlash AC", "OffFlash AC")),
             )
             for row in csv.DictReader(handle)
         ]
@@ -302,9 +314,10 @@ ETHOS_U_DIR = "ethos_u"
 
 
 def _layers_csv(layers: list[VelaLayer]) -> str:
-    lines = ["original_op,vela_op,target,cycles,macs,name"]
+    lines = ["original_op,vela_op,target,cycles,macs,npu_cycles,memory_cycles,name"]
     lines += [
-        f'{layer.original_op},{layer.vela_op},{layer.target},{layer.cycles},{layer.macs},"{layer.name}"'
+        f"{layer.original_op},{layer.vela_op},{layer.target},{layer.cycles},{layer.macs},"
+        f'{layer.npu_cycles},{layer.memory_cycles},"{layer.name}"'
         for layer in layers
     ]
     return "\n".join(lines) + "\n"
