@@ -73,6 +73,31 @@ def test_rewrites_keep_the_outputs_bit_for_bit_in_tflm(int8_model, int8_inputs, 
     assert len(np.unique(reference)) > 4  # Not saturated: the comparison tells values apart.
 
 
+def test_split_keeps_per_tensor_weights_bit_for_bit(tiny_model, int8_inputs, tmp_path):
+    per_tensor = convert.convert_int8(tiny_model, _images(16, seed=1), "per_tensor")
+    rewritten, counts = npu_graph.rewrite(per_tensor)
+    assert counts["split_grouped_convs"] == _grouped_convs(per_tensor) > 0
+    path = tmp_path / "rewritten.tflite"
+    path.write_bytes(rewritten)
+    reference = verify.run_reference(per_tensor, int8_inputs)
+    np.testing.assert_array_equal(verify.run_tflm(str(path), 1 << 20, int8_inputs).reshape(reference.shape), reference)
+
+
+def test_a_model_without_grouped_convs_is_left_as_it_is(int8_inputs):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(batch_shape=(1, *INPUT_SHAPE))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Concatenate()([keras.layers.DepthwiseConv2D(3, padding="same")(x), x])
+    outputs = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x))
+    dense = convert.convert_int8(keras.Model(inputs, outputs), _images(8, seed=1))
+    rewritten, counts = npu_graph.rewrite(dense)
+    assert counts == {"split_grouped_convs": 0, "flatten_concatenations": 0}
+    assert flatbuffer.op_histogram(rewritten) == flatbuffer.op_histogram(dense)
+    np.testing.assert_array_equal(
+        verify.run_reference(rewritten, int8_inputs), verify.run_reference(dense, int8_inputs)
+    )
+
+
 def test_unknown_rewrite_is_refused(int8_model):
     with pytest.raises(ValueError, match="flatten_concatenations"):
         npu_graph.rewrite(int8_model, ("fold_everything",))
