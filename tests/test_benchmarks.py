@@ -200,3 +200,8 @@ def test_npu_report_sums_velas_per_op_cycles_to_its_totals_and_compares_per_mac(
         assert f"| {ratio:.2f} |" in npu.to_markdown(results)
     assert shuffle[-1]["counts"]["split_grouped_convs"] > 0 and shuffle[-1]["bit_exact_samples"] > 0
     assert not any(mobile[-1]["counts"].values())  # MobileNet has no grouped convolution to split.
+    probe = results["shortcut_fold_probe"]
+    assert probe["folded_adds"] == 3 + 7 + 3  # Every stride-1 unit of stages 2-4.
+    for accelerator, vela in probe["vela"].items():
+        assert "Add" not in vela["by_op"]
+        assert f"{vela['cycles']:,} cycles on {accelerator}" in npu.to_markdown(results)
