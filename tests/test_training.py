@@ -256,8 +256,10 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
         "compression",
         "labels",
         "num_representative",
+        "npu",
     }
     assert kwargs["weight_quantization"] == "per_channel"
+    assert kwargs["npu"] is None  # --npu=none: no Ethos-U compilation.
     # No clustering; weights stored in the smallest encoding that shrinks them.
     assert kwargs["compression"] == Compression(clusters=0, store="auto")
     assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]

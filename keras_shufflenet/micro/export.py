@@ -465,7 +465,10 @@ def export(
       OSError: If ``output_dir`` cannot be written.
       keras_shufflenet.micro.verify.TFLMError: If TFLM cannot run the model.
       keras_shufflenet.micro.verify.VerificationError: If TFLM's outputs are
-        not bit-identical to the reference kernels.
+        not bit-identical to the reference kernels (or, with ``npu``, the
+        NPU rewrites changed an output).
+      keras_shufflenet.micro.npu.VelaNotInstalledError: With ``npu``, if
+        Vela is not installed (before any work).
     """
     if isinstance(output_dir, bool) or not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
         raise ValueError(f"`output_dir` must be a directory path. Received: output_dir={output_dir!r}")
