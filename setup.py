@@ -8,6 +8,8 @@ EXTRAS = {
     # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro); LiteRT runs .tflite
     # models (TensorFlow's tf.lite.Interpreter is deprecated), TensorFlow's converter writes them.
     "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro", "ai-edge-litert==2.3.0"],
+    # The Arm Ethos-U NPU target (micro.export(npu=...)): Arm's Vela compiler.
+    "npu": ["ethos-u-vela==5.2.0"],
     # Tests, linting and formatting.
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
 }

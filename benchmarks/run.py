@@ -1,7 +1,7 @@
 """Runs every benchmark and writes the report (``make bench``).
 
 Usage:
-  python -m benchmarks.run --output=docs/benchmarks.md [--sections=fidelity,keras,tflite,tflm,firmware]
+  python -m benchmarks.run --output=docs/benchmarks.md [--sections=fidelity,keras,tflite,tflm,firmware,npu]
 
 The plot goes next to the report (``docs/benchmarks_cost_vs_macs.png``).
 """
@@ -17,7 +17,7 @@ from typing import Any
 # Quiet TensorFlow's C++ start-up logging; must be set before it is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import fidelity, firmware_cost, keras_speed, plots, tflite_latency, tflm_cost  # noqa: E402
+from benchmarks import fidelity, firmware_cost, keras_speed, npu, plots, tflite_latency, tflm_cost  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     COMPRESSION_BLOCK,
     MOBILENET_050,
@@ -28,7 +28,9 @@ from benchmarks.common import (  # noqa: E402
     marked_block,
 )
 
-SECTIONS = ("fidelity", "keras", "tflite", "tflm", "firmware")
+SECTIONS = ("fidelity", "keras", "tflite", "tflm", "firmware", "npu")
+# Sections written after the block of docs/benchmarks.md that benchmarks.compression writes (section 6).
+AFTER_COMPRESSION = ("npu",)
 PLOT_NAME = "benchmarks_cost_vs_macs.png"
 
 
@@ -97,9 +99,18 @@ def _where_instructions_go(tflm: dict[Any, tflm_cost.TFLMCost]) -> str:
     )
 
 
-def _goals(keras_results: Any, tflite_results: Any, tflm: Any, firmware: Any = None) -> str:
+def _goals(keras_results: Any, tflite_results: Any, tflm: Any, firmware: Any = None, npu_results: Any = None) -> str:
     """The deployment-efficiency goals, each with its measured ratio."""
     rows = []
+    if npu_results:
+        for accelerator, ratio in npu.goal_ratios(npu_results).items():
+            rows.append(
+                [
+                    f"{accelerator} (Vela estimate): ShuffleNet 0.5x g3 / MobileNet a=0.25, cycles per MAC",
+                    "≤ 1",
+                    f"{ratio:.2f}",
+                ]
+            )
     if firmware:
         for name, ratio in firmware_cost.goal_ratios(firmware).items():
             rows.append([f"Cortex-M4, CMSIS-NN: ShuffleNet 0.5x g3 / MobileNet a=0.25, {name}", "≤ 1", f"{ratio:.2f}"])
@@ -151,6 +162,7 @@ def main() -> None:
         "tflite": tflite_latency.run,
         "tflm": tflm_cost.run,
         "firmware": firmware_cost.run,
+        "npu": lambda: npu.run(os.path.join(os.path.dirname(args.output) or ".", "npu.md")),
     }
     for name in SECTIONS:
         if name not in sections:
@@ -175,6 +187,7 @@ def main() -> None:
         "tflite": "3. TFLite on the CPU (float32 and int8, 1 thread)",
         "tflm": "4. TFLite Micro, 96×96×3, 2 classes (MLPerf Tiny visual wake words)",
         "firmware": "5. The firmware on emulated Cortex-M4/M7/M55 cores (96×96×3, 2 classes)",
+        "npu": "7. The Arm Ethos-U NPU, 96×96×3, 2 classes (Vela's estimates; also docs/npu.md)",
     }
     lines = [
         "# Benchmarks: ShuffleNet beside MobileNet and the paper",
@@ -191,15 +204,21 @@ def main() -> None:
         machine,
         "",
     ]
-    if any(name in results for name in ("keras", "tflite", "tflm", "firmware")):
+    if any(name in results for name in ("keras", "tflite", "tflm", "firmware", "npu")):
         lines += [
             "## Deployment-efficiency goals",
             "",
-            _goals(results.get("keras"), results.get("tflite"), results.get("tflm"), results.get("firmware")),
+            _goals(
+                results.get("keras"),
+                results.get("tflite"),
+                results.get("tflm"),
+                results.get("firmware"),
+                results.get("npu"),
+            ),
             "",
         ]
     for name in SECTIONS:
-        if name in texts:
+        if name in texts and name not in AFTER_COMPRESSION:
             lines += [f"## {titles[name]}", "", texts[name], ""]
             if name == "tflm":
                 paragraph = _where_instructions_go(results[name])
@@ -220,6 +239,9 @@ def main() -> None:
             kept = marked_block(previous.read(), COMPRESSION_BLOCK)
         if kept:
             text = text.rstrip("\n") + "\n\n" + kept + "\n"
+    for name in AFTER_COMPRESSION:
+        if name in texts:
+            text = text.rstrip("\n") + f"\n\n## {titles[name]}\n\n{texts[name].strip()}\n"
     with open(args.output, "w") as report:
         report.write(text)
     print(f"[bench] wrote {args.output} in {total / 60:.1f} min", flush=True)

@@ -52,6 +52,7 @@ def run_micro_export(config: TrainConfig, model: Any, source: data.DataSource) -
         num_representative=config.micro.representative_samples,
         verbose=min(config.verbose, 2),
         progress=_print_progress if config.verbose else None,
+        npu=None if config.micro.npu == "none" else config.micro.npu,
     )
 
 
@@ -141,8 +142,20 @@ def micro_summary(report: dict[str, Any], output_dir: str) -> str:
             f" on {exact.get('samples', 0)} samples",
             f"  sparsity of pruned kernels: {pct(report.get('sparsity', {}).get('prunable_overall'))}",
             f"  firmware files: {os.path.join(output_dir, run_dir.FIRMWARE_DIR)}/",
+            *_npu_lines(report.get("npu"), output_dir),
         ]
     )
+
+
+def _npu_lines(npu: dict[str, Any] | None, output_dir: str) -> list[str]:
+    if not npu:
+        return []
+    return [
+        f"  Ethos-U NPU ({npu['accelerator']}, Vela's estimate): {npu['cycles']:,} cycles, "
+        f"{npu['inference_ms']:.2f} ms; SRAM {npu['sram_bytes']:,} bytes, flash {npu['flash_bytes']:,} bytes; "
+        f"on the CPU: {', '.join(npu['cpu_ops']) or 'none'}",
+        f"  Ethos-U firmware files: {os.path.join(output_dir, 'ethos_u')}/",
+    ]
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,8 @@
 """The benchmark helpers that turn measurements into published numbers."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -176,3 +179,29 @@ def test_demo_accuracy_is_judged_on_every_run_of_the_demo_configuration():
     text = demo_accuracy(rows)
     assert "2 run(s)" in text and "+0.6, +0.1 points (mean +0.35, worst +0.6)" in text
     assert "flash 143,616 to 144,000 bytes, 47.1 %" in text
+
+
+def test_npu_report_sums_velas_per_op_cycles_to_its_totals_and_compares_per_mac():
+    from benchmarks import npu
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "npu.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    for steps in results["models"].values():
+        for step in steps:
+            for vela in step["vela"].values():
+                assert sum(entry["cycles"] for entry in vela["by_op"].values()) == vela["cycles"]
+    shuffle, mobile = (results["models"][spec.label] for spec in (npu.SHUFFLENET, npu.MOBILENET))
+    for accelerator, ratio in npu.goal_ratios(results).items():
+        # Cycles per MAC, with each model's MACs counted once, on its unrewritten graph.
+        expected = (shuffle[-1]["vela"][accelerator]["cycles"] / shuffle[0]["vela"][accelerator]["macs"]) / (
+            mobile[-1]["vela"][accelerator]["cycles"] / mobile[0]["vela"][accelerator]["macs"]
+        )
+        assert ratio == pytest.approx(expected)
+        assert f"| {ratio:.2f} |" in npu.to_markdown(results)
+    assert shuffle[-1]["counts"]["split_grouped_convs"] > 0 and shuffle[-1]["bit_exact_samples"] > 0
+    assert not any(mobile[-1]["counts"].values())  # MobileNet has no grouped convolution to split.
+    probe = results["shortcut_fold_probe"]
+    assert probe["folded_adds"] == 3 + 7 + 3  # Every stride-1 unit of stages 2-4.
+    for accelerator, vela in probe["vela"].items():
+        assert "Add" not in vela["by_op"]
+        assert f"{vela['cycles']:,} cycles on {accelerator}" in npu.to_markdown(results)

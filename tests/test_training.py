@@ -138,6 +138,8 @@ def test_weight_decay_is_l2_on_conv_and_dense_kernels_only() -> None:
         ({"quantize": "int4"}, "quantize must be one of"),
         ({"weight_quantization": "per_layer"}, "weight_quantization must be one of"),
         ({"quantize": "qat", "weight_quantization": "per_tensor"}, "weight_quantization must be 'per_channel' with"),
+        ({"quantize": "ptq", "npu": "ethos-u99"}, r"npu must be one of \('none', 'ethos-u55-32'"),
+        ({"npu": "ethos-u55-128"}, "npu must be 'none' without a micro export"),
     ],
 )
 def test_bad_config_values_are_named(changes: dict[str, object], message: str) -> None:
@@ -256,9 +258,11 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
         "num_representative",
         "verbose",
         "progress",
+        "npu",
     }
     assert kwargs["verbose"] == 0 and kwargs["progress"] is None  # --verbose=0: no stage lines either.
     assert kwargs["weight_quantization"] == "per_channel"
+    assert kwargs["npu"] is None  # --npu=none: no Ethos-U compilation.
     # No clustering; weights stored in the smallest encoding that shrinks them.
     assert kwargs["compression"] == Compression(clusters=0, store="auto")
     assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]

@@ -23,6 +23,10 @@ Modules, one concept each:
   bit-exactness, arena search, instruction counts;
 * :mod:`~keras_shufflenet.micro.c_sources`: the C sources of ``tflm/``;
 * :mod:`~keras_shufflenet.micro.report`: ``report.json`` and ``report.md``;
+* :mod:`~keras_shufflenet.micro.npu`: the Arm Ethos-U NPU target (Vela's
+  compilation and estimates, ``ethos_u/``), on
+  :mod:`~keras_shufflenet.micro.npu_graph` (bit-exact rewrites of the int8
+  flatbuffer for the NPU);
 * :mod:`~keras_shufflenet.micro.firmware`: the firmware step (build, run,
   check against the host, measure, record in the run), on
   :mod:`~keras_shufflenet.micro.tflm_app` (builds ``tflm/`` for a host or

@@ -31,6 +31,7 @@ from keras_shufflenet.micro import (
     tflm_compression,
     verify,
 )
+from keras_shufflenet.micro import npu as ethos_u  # `npu` is export()'s argument.
 from keras_shufflenet.micro.options import Compression, ExportOptions
 from keras_shufflenet.micro.options import validate as validate_options
 from keras_shufflenet.profiling import profile
@@ -382,6 +383,7 @@ def export(
     arena_bytes: int | None = None,
     count_instructions: bool = False,
     tolerance_lsb: int | None = None,
+    npu: str | None = None,
     verbose: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -461,6 +463,16 @@ def export(
       tolerance_lsb: Largest allowed difference between TFLM and TFLite's
         reference kernels. Defaults to `None`: 0 (bit-identical; see
         ``DEFAULT_TOLERANCE_LSB``).
+      npu: An Arm Ethos-U NPU to compile for as well, one of
+        :data:`keras_shufflenet.micro.npu.ACCELERATORS` (e.g.
+        ``"ethos-u55-128"``), with Arm's Vela (``pip install ethos-u-vela``).
+        The int8 model is rewritten for the NPU (grouped convolutions split
+        per group; checked bit-identical in TFLM on every sample), compiled
+        to ``<name>_vela.tflite`` and written as ``ethos_u/model_data.cc``
+        with ``ethos_u/ethos_u_settings.h``; the report's ``npu`` section
+        holds Vela's estimates (cycles, SRAM, flash, per operator, operators
+        left to the CPU). The ``tflm/`` CPU files are unchanged. Defaults to
+        `None`.
       verbose: Keras ``fit`` verbosity during fine-tuning. Defaults to `0`.
       progress: Called with one line as each stage ends (what it did, its
         seconds), e.g. ``print``. Defaults to `None` (silent).
@@ -478,7 +490,10 @@ def export(
       OSError: If ``output_dir`` cannot be written.
       keras_shufflenet.micro.verify.TFLMError: If TFLM cannot run the model.
       keras_shufflenet.micro.verify.VerificationError: If TFLM's outputs are
-        not bit-identical to the reference kernels.
+        not bit-identical to the reference kernels (or, with ``npu``, the
+        NPU rewrites changed an output).
+      keras_shufflenet.micro.npu.VelaNotInstalledError: With ``npu``, if
+        Vela is not installed (before any work).
     """
     if isinstance(output_dir, bool) or not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
         raise ValueError(f"`output_dir` must be a directory path. Received: output_dir={output_dir!r}")
@@ -501,6 +516,7 @@ def export(
         arena_bytes=arena_bytes,
         count_instructions=count_instructions,
         tolerance_lsb=tolerance_lsb,
+        npu=npu,
         verbose=verbose,
     )
     timer = _Timer(progress)
@@ -517,6 +533,18 @@ def export(
         firmware_files = _write_firmware_sources(staging, converted, verified, data, options)
         compressed.sparsity["int8_zero_fraction"] = flatbuffer.int8_weight_zero_fraction(converted.int8_tflite)
         timer.lap("firmware files", "tflm/: the model, its settings, op resolver and samples as C sources")
+        npu_section, npu_files = None, []
+        if options.npu is not None:
+            npu_section, npu_files = ethos_u.export_npu(
+                staging,
+                options.name,
+                converted.int8_tflite,
+                options.npu,
+                verified.int8_inputs,
+                verified.tflm_outputs,
+                options.arena_margin,
+            )
+            timer.lap("NPU (Vela)", f"compiled for {options.npu}")
         result = report.build(
             name=options.name,
             model=model,
@@ -545,11 +573,16 @@ def export(
             representative_samples=len(data.calibration),
             files=converted.files + [f"{run_dir.FIRMWARE_DIR}/{f}" for f in firmware_files],
         )
+        if npu_section is not None:
+            result["npu"] = npu_section
+            result["files"] += npu_files
         timer.lap("report", "report.json, report.md")
         result["timings_s"] = timer.timings
         report.write_report(staging, result)
         # report.json last: its presence means the export is complete.
         artifacts = [*converted.files, run_dir.FIRMWARE_DIR, run_dir.REPORT_MARKDOWN, run_dir.REPORT_JSON]
+        if npu_section is not None:
+            artifacts[-2:-2] = [*npu_files[:2], ethos_u.ETHOS_U_DIR]
         run_dir.commit_staged(staging, output_dir, artifacts)
         return result
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_shufflenet.micro import c_sources, compression, convert, tflm_compression, verify
+from keras_shufflenet.micro import c_sources, compression, convert, npu, tflm_compression, verify
 from keras_shufflenet.micro.graph import input_shape_of
 from keras_shufflenet.micro.tflm_compression import Compression
 from keras_shufflenet.training.config import EXPORT_QUANTIZE_MODES
@@ -81,6 +81,7 @@ class ExportOptions:
     input_shape: tuple[int, int, int]
     classes: int | None
     labels: list[str] | None
+    npu: str | None = None
 
     @property
     def pruning(self) -> bool:
@@ -103,6 +104,9 @@ def validate(model: Any, train_data: Any, eval_data: Any, **args: Any) -> Export
       ValueError: Naming the first bad argument, its value and what is allowed.
     """
     c_sources.check_c_identifier(args["name"])
+    npu_target = npu.check_npu(args.get("npu"))
+    if npu_target is not None:
+        npu.require_vela()  # Before any slow step.
     quantize, prune_sparsity = args["quantize"], args["prune_sparsity"]
     if quantize not in EXPORT_QUANTIZE_MODES:
         raise ValueError(f"`quantize` must be one of {EXPORT_QUANTIZE_MODES}. Received: quantize={quantize!r}")
@@ -167,4 +171,5 @@ def validate(model: Any, train_data: Any, eval_data: Any, **args: Any) -> Export
         input_shape=input_shape,
         classes=classes,
         labels=labels,
+        npu=npu_target,
     )

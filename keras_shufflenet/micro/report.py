@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
-from keras_shufflenet.micro import flatbuffer
+from keras_shufflenet.micro import flatbuffer, npu
 
 _COMPACT_NOTE = (
     "TFLM-only flatbuffer: single zero point for symmetric per-channel weights, no bias "
@@ -231,6 +231,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Timings (wall clock, approximate)", ""]
     lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in report["timings_s"].items()]
     lines += firmware_markdown(report.get("firmware", {}))
+    lines += npu.markdown(report.get("npu"))
     return "\n".join(lines) + "\n"
 
 

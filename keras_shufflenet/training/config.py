@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_shufflenet import architecture
+from keras_shufflenet.micro.npu import ACCELERATORS
 from keras_shufflenet.micro.tflm_compression import MAX_CLUSTERS, MAX_INDEX_BITS, STORE_MODES, Compression
 
 # The choice lists of the package.
@@ -204,6 +205,12 @@ class MicroExportConfig:
         interval="[0, inf)",
     )
     representative_samples: int = option(200, "Training images that calibrate int8 quantization.", interval="[0, inf)")
+    npu: str = option(
+        "none",
+        "Also compile the int8 model for an Arm Ethos-U NPU with Vela (pip install ethos-u-vela): none or an "
+        "accelerator configuration.",
+        choices=("none", *ACCELERATORS),
+    )
     export_dir: str = option("", "Directory of the micro export; empty uses --model_dir.")
 
     def __post_init__(self) -> None:
@@ -212,6 +219,8 @@ class MicroExportConfig:
             self.compression.check(self.quantize, self.weight_quantization)
         except ValueError as error:
             raise ConfigError(str(error).replace("`per_channel`", "`cluster_per_channel`")) from None
+        if self.npu != "none" and not self.enabled:
+            raise bad_value("npu", self.npu, "'none' without a micro export (--quantize=none)")
         if self.weight_quantization == "per_tensor" and self.quantize == "qat":
             raise bad_value(
                 "weight_quantization",
