@@ -80,12 +80,14 @@ def is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:
         return True  # A damaged zip: let the reader say what is wrong with it.
 
 
-def read_official_checkpoint(path: str | os.PathLike[str]) -> OfficialCheckpoint:
+def read_official_checkpoint(path: str | os.PathLike[str], reader: str = "builtin") -> OfficialCheckpoint:
     """Reads an official ShuffleNet v1 checkpoint and infers its configuration from its shapes.
 
     Args:
       path: A ``.pth.tar`` of megvii-model/ShuffleNet-Series (or any
         ``torch.save`` of the same state dict, with or without ``module.``).
+      reader: ``"builtin"`` (no PyTorch, the default) or ``"torch"``
+        (:func:`keras_shufflenet.weights.reader.read_checkpoint`).
 
     Returns:
       The :class:`OfficialCheckpoint`.
@@ -96,18 +98,19 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> OfficialCheckpoint
         configuration; the message names the file and what is wrong.
     """
     path = os.fspath(path)
-    tensors = official.state_dict_of(read_checkpoint(path), path)
+    tensors = official.state_dict_of(read_checkpoint(path, reader), path)
     scale_factor, groups, classes = official.infer_configuration(tensors, path)
     return OfficialCheckpoint(path, scale_factor, groups, classes, tensors)
 
 
-def load_official_weights(model: Any, checkpoint: OfficialCheckpoint) -> None:
+def load_official_weights(model: Any, checkpoint: OfficialCheckpoint, classifier: bool = True) -> None:
     """Sets ``model``'s weights from ``checkpoint``: all of them or, on any mismatch, none.
 
     ``model`` must be a :func:`keras_shufflenet.ShuffleNet` of the
     checkpoint's configuration built with ``convention="official"``; its
     classifier loads when it has one (``include_top=True``) with the
-    checkpoint's class count, else only the backbone.
+    checkpoint's class count and ``classifier`` is true, else only the
+    backbone (transfer learning: the model's own classifier is kept).
 
     Raises:
       ValueError: If a layer is missing or a shape differs, before any weight is set.
@@ -116,7 +119,7 @@ def load_official_weights(model: Any, checkpoint: OfficialCheckpoint) -> None:
 
     spec = architecture.network_spec(checkpoint.groups, checkpoint.scale_factor)
     layer_names = {layer.name for layer in model.layers}
-    include_top = "predictions" in layer_names
+    include_top = classifier and "predictions" in layer_names
     weights = official.layer_weights(checkpoint.tensors, spec, include_top)
     pairs = []
     for layer_name, arrays in weights.items():

@@ -258,12 +258,43 @@ def checkpoint_layout(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+READERS = ("builtin", "torch")
+
+
+def _read_with_torch(path: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            "reader='torch' needs PyTorch (pip install 'keras-shufflenet[convert]'); the built-in reader does not"
+        ) from None
+    try:
+        # weights_only: torch's own restricted unpickler (PyTorch >= 1.13).
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises many types on bad files)
+        raise CheckpointError(f"{path!r} does not load with torch.load ({type(error).__name__}: {error})") from None
+
+    def to_numpy(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.detach().numpy().copy()
+        if isinstance(value, dict):
+            return type(value)((k, to_numpy(v)) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return type(value)(to_numpy(v) for v in value)
+        return value
+
+    return to_numpy(obj)
+
+
+def read_checkpoint(path: str | os.PathLike[str], reader: str = "builtin") -> Any:
     """Reads a file written by ``torch.save`` into NumPy arrays, without running pickled code.
 
     Args:
       path: A checkpoint in torch's zip layout (PyTorch >= 1.6) or legacy
         layout (PyTorch < 1.6).
+      reader: ``"builtin"`` (this module; no PyTorch) or ``"torch"``
+        (``torch.load(..., weights_only=True)``, from the ``convert`` extra).
+        Defaults to `"builtin"`.
 
     Returns:
       The saved object, every tensor a NumPy array (dicts stay dicts).
@@ -273,8 +304,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         corrupt, or its pickle asks for anything but tensors and dicts.
     """
     path = os.fspath(path)
+    if reader not in READERS:
+        raise ValueError(f"`reader` must be one of {READERS}. Received: reader={reader!r}")
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path!r}")
+    if reader == "torch":
+        return _read_with_torch(path)
     layout = checkpoint_layout(path)
     if layout == "zip":
         return _read_zip(path)
