@@ -21,7 +21,6 @@ from typing import Any
 import tensorflow as tf
 
 from keras_shufflenet import architecture
-
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 
 _PACKAGE = "keras_shufflenet"

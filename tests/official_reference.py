@@ -82,7 +82,7 @@ class ShuffleNetV1(nn.Module):
         self.first_conv = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(True))
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
         units, inp = [], stem
-        for stage, (repeats, oup) in enumerate(zip((4, 8, 4), stages)):
+        for stage, (repeats, oup) in enumerate(zip((4, 8, 4), stages, strict=True)):
             for i in range(repeats):
                 units.append(Unit(inp, oup, groups, first_group=stage == 0 and i == 0, stride=2 if i == 0 else 1))
                 inp = oup

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch_format
 
-from keras_shufflenet import ShuffleNet, architecture, decode_predictions
+from keras_shufflenet import ShuffleNet, decode_predictions
 from keras_shufflenet.imagenet import class_names
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.layers import ChannelShuffle
@@ -115,12 +115,16 @@ def test_every_tensor_maps_onto_its_keras_layer(small_checkpoints) -> None:
     checkpoint = read_official_checkpoint(small_checkpoints["legacy_g3"])
     model = ShuffleNet(weights=small_checkpoints["legacy_g3"], input_shape=(64, 64, 3))
     t = checkpoint.tensors
-    np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0], t["first_conv.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        model.get_layer("conv1").get_weights()[0], t["first_conv.0.weight"].transpose(2, 3, 1, 0)
+    )
     bn = model.get_layer("stage3_unit2_dwconv_bn").get_weights()
     for got, suffix in zip(bn, official.BN_SUFFIXES, strict=True):
         np.testing.assert_array_equal(got, t[f"features.5.branch_main_1.4.{suffix}"])
     depthwise = t["features.5.branch_main_1.3.weight"]  # (C, 1, 3, 3)
-    np.testing.assert_array_equal(model.get_layer("stage3_unit2_dwconv").get_weights()[0][1, 2, :, 0], depthwise[:, 0, 1, 2])
+    np.testing.assert_array_equal(
+        model.get_layer("stage3_unit2_dwconv").get_weights()[0][1, 2, :, 0], depthwise[:, 0, 1, 2]
+    )
     grouped = t["features.15.branch_main_2.0.weight"]  # (out, in / g, 1, 1)
     np.testing.assert_array_equal(model.get_layer("stage4_unit4_gconv2").get_weights()[0][0, 0], grouped[:, :, 0, 0].T)
     kernel, bias = model.get_layer("predictions").get_weights()
@@ -215,7 +219,9 @@ def test_checkpoints_of_other_architectures_are_named(tmp_path) -> None:
             "module.conv_last.0.weight": rng.normal(size=(1024, 464, 1, 1)).astype(np.float32),
         },
     )
-    with pytest.raises(CheckpointError, match=r"not an official ShuffleNet v1 checkpoint \(it looks like ShuffleNet v2"):
+    with pytest.raises(
+        CheckpointError, match=r"not an official ShuffleNet v1 checkpoint \(it looks like ShuffleNet v2"
+    ):
         read_official_checkpoint(v2)
     # ShuffleNet v1 whose stage 4 is of another width than stage 2 implies.
     state = random_state(0.5, 3)
@@ -323,7 +329,9 @@ def test_logits_match_the_official_pytorch_model(reference: str, scale: float, g
     assert round(torch_params / 1e6, 1) == official.OFFICIAL_PARAMS_M[(scale, groups)]
 
 
-@pytest.mark.skipif("torch" not in sys.modules and not __import__("importlib").util.find_spec("torch"), reason="no torch")
+@pytest.mark.skipif(
+    "torch" not in sys.modules and not __import__("importlib").util.find_spec("torch"), reason="no torch"
+)
 def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints) -> None:
     for path in small_checkpoints.values():
         builtin = read_official_checkpoint(path)
@@ -340,7 +348,9 @@ def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints)
 def test_an_official_convention_model_exports_to_tflm(tmp_path, small_checkpoints) -> None:
     from keras_shufflenet.micro import export
 
-    model = ShuffleNet(weights=small_checkpoints["legacy_g3"], include_top=False, pooling="avg", input_shape=(32, 32, 3))
+    model = ShuffleNet(
+        weights=small_checkpoints["legacy_g3"], include_top=False, pooling="avg", input_shape=(32, 32, 3)
+    )
     head = keras.layers.Dense(4, activation="softmax", name="predictions")(model.output)
     model = keras.Model(model.input, head)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
@@ -352,7 +362,6 @@ def test_an_official_convention_model_exports_to_tflm(tmp_path, small_checkpoint
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_checkpoints_backbone(tmp_path, small_checkpoints) -> None:
     from benchmarks.failure_probes import write_pattern_folder
-
     from keras_shufflenet import training
     from keras_shufflenet.training import loop
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{args.output}: ShuffleNet v1 {checkpoint.describe()}, {checkpoint.classes} classes. Load it with "
-        f'ShuffleNet(weights={args.output!r}, scale_factor={checkpoint.scale_factor:g}, '
+        f"ShuffleNet(weights={args.output!r}, scale_factor={checkpoint.scale_factor:g}, "
         f'groups={checkpoint.groups}, convention="official")'
     )
     return 0

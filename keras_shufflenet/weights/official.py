@@ -144,7 +144,9 @@ def infer_configuration(tensors: dict[str, np.ndarray], path: str) -> tuple[floa
     head = "classifier.0.weight"
     if "first_conv.0.weight" not in tensors or probe not in tensors or head not in tensors:
         some = ", ".join(sorted(tensors)[:4])
-        hint = " (it looks like ShuffleNet v2: 'branch_main.' keys)" if any(".branch_main." in k for k in tensors) else ""
+        hint = (
+            " (it looks like ShuffleNet v2: 'branch_main.' keys)" if any(".branch_main." in k for k in tensors) else ""
+        )
         raise CheckpointError(
             f"{path!r} is not an official ShuffleNet v1 checkpoint{hint}: it lacks first_conv.0.weight, "
             f"{probe} or {head}. Its keys begin: {some}"

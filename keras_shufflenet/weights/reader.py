@@ -124,7 +124,9 @@ def _load_pickle(data: BinaryIO, storage_for: Any) -> Any:
     except CheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise CheckpointError(f"the checkpoint's pickle is malformed or truncated ({type(error).__name__}: {error})")
+        raise CheckpointError(
+            f"the checkpoint's pickle is malformed or truncated ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _materialize(value: Any) -> Any:
@@ -234,7 +236,9 @@ def _read_legacy(path: str) -> Any:
                 raise CheckpointError(f"{path!r} is truncated: storage {key!r} is missing")
             (count,) = struct.unpack("<q", count_bytes)
             if count != storage.numel:
-                raise CheckpointError(f"{path!r}: storage {key!r} has {count} elements, its tensors say {storage.numel}")
+                raise CheckpointError(
+                    f"{path!r}: storage {key!r} has {count} elements, its tensors say {storage.numel}"
+                )
             raw = file.read(count * storage.dtype.itemsize)
             if len(raw) < count * storage.dtype.itemsize:
                 raise CheckpointError(f"{path!r} is truncated inside storage {key!r}")
