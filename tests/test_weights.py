@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -329,16 +328,34 @@ def test_logits_match_the_official_pytorch_model(reference: str, scale: float, g
     assert round(torch_params / 1e6, 1) == official.OFFICIAL_PARAMS_M[(scale, groups)]
 
 
-@pytest.mark.skipif(
-    "torch" not in sys.modules and not __import__("importlib").util.find_spec("torch"), reason="no torch"
-)
-def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints) -> None:
-    for path in small_checkpoints.values():
-        builtin = read_official_checkpoint(path)
-        with_torch = read_official_checkpoint(path, reader="torch")
-        assert builtin.tensors.keys() == with_torch.tensors.keys()
-        for key in builtin.tensors:
-            np.testing.assert_array_equal(builtin.tensors[key], with_torch.tensors[key])
+_COMPARE_READERS = """
+import sys
+import numpy as np
+from keras_shufflenet.weights import read_official_checkpoint
+for path in sys.argv[1:]:
+    builtin = read_official_checkpoint(path)
+    with_torch = read_official_checkpoint(path, reader="torch")
+    assert builtin.tensors.keys() == with_torch.tensors.keys(), path
+    for key, value in builtin.tensors.items():
+        assert value.dtype == with_torch.tensors[key].dtype, key
+        np.testing.assert_array_equal(value, with_torch.tensors[key])
+    print(path, builtin.describe(), len(builtin.tensors))
+"""
+
+
+@pytest.mark.slow
+def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints, reference: str) -> None:
+    # In the PyTorch Python: the reader and the mapping import neither TensorFlow nor Keras.
+    files = [*small_checkpoints.values(), *(os.path.join(reference, f"0.5x_g{g}.pth.tar") for g in (3, 8))]
+    done = subprocess.run(
+        [_torch_python(), "-c", _COMPARE_READERS, *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(TESTS)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(" 246\n") == len(files)
 
 
 # ------------------------------------------------------------------ export and fine-tuning
@@ -403,3 +420,40 @@ def test_fine_tuning_starts_from_the_checkpoints_backbone(tmp_path, small_checkp
     np.testing.assert_allclose(
         saved.get_layer("stage4_unit4_gconv2").get_weights()[0], expected["stage4_unit4_gconv2"][0], atol=1e-4
     )
+
+
+@pytest.mark.slow
+def test_eval_mode_evaluates_an_official_checkpoint(tmp_path) -> None:
+    from benchmarks.failure_probes import write_pattern_folder
+    from keras_shufflenet import data, training
+
+    root = tmp_path / "data"
+    write_pattern_folder(str(root), per_class=2, test_per_class=3)
+    four_classes = tmp_path / "four_classes.pth.tar"
+    torch_format.save_legacy(four_classes, random_state(0.5, 3, classes=4))
+    config = training.TrainConfig.from_flat(
+        dict(
+            dataset=f"folder:{root}",
+            model_dir=str(tmp_path / "eval"),
+            mode="eval",
+            eval_model=str(four_classes),
+            input_size=64,
+            channels=3,
+            preprocessing="official",
+            batch_size=4,
+        )
+    )
+    metrics = training.evaluate(config)
+    assert metrics["num_eval_images"] == 12 and 0 <= metrics["eval_top1"] <= 1
+    # The same top-1 from the model built directly, on the same pipeline's images.
+    source = data.load_source(config.dataset, channels=3, holdout_fraction=0.1, seed=0)
+    model = ShuffleNet(weights=str(four_classes), input_shape=(64, 64, 3), classes=4)
+    hits = [
+        np.argmax(model.predict(images, verbose=0), axis=1) == labels
+        for images, labels in data.make_eval_dataset(source, config.data, 4).as_numpy_iterator()
+    ]
+    assert metrics["eval_top1"] == pytest.approx(float(np.mean(np.concatenate(hits))))
+    with pytest.raises(training.ConfigError, match=r"eval_model: .*not an official ShuffleNet v1"):
+        other = tmp_path / "other.pth.tar"
+        torch_format.save_zip(other, {"module.conv.weight": np.zeros((2, 3), np.float32)})
+        training.evaluate(config.replace(eval_model=str(other)))

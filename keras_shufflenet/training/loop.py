@@ -139,8 +139,9 @@ def load_eval_model(path: str, config: TrainConfig) -> keras.Model:
     if os.path.isfile(path) and weights.is_torch_checkpoint(path):
         try:
             size = config.data.input_size
-            return ShuffleNet(weights=path, input_shape=(size, size, 3))
-        except ValueError as error:
+            classes = weights.read_official_checkpoint(path).classes
+            return ShuffleNet(weights=path, input_shape=(size, size, 3), classes=classes)
+        except ValueError as error:  # CheckpointError is a ValueError.
             raise ConfigError(f"eval_model: {error}") from None
     return load_saved_model(path)
 
