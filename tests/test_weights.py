@@ -457,3 +457,30 @@ def test_eval_mode_evaluates_an_official_checkpoint(tmp_path) -> None:
         other = tmp_path / "other.pth.tar"
         torch_format.save_zip(other, {"module.conv.weight": np.zeros((2, 3), np.float32)})
         training.evaluate(config.replace(eval_model=str(other)))
+
+
+def test_init_weights_from_a_keras_weights_file_keeps_the_backbone(tmp_path) -> None:
+    from keras_shufflenet import training
+    from keras_shufflenet.training import loop
+
+    source = ShuffleNet(groups=3, scale_factor=0.5, convention="official", input_shape=(64, 64, 3))
+    path = str(tmp_path / "imagenet.weights.h5")
+    source.save_weights(path)
+    config = training.TrainConfig.from_flat(
+        dict(
+            dataset="folder:unused",
+            model_dir=str(tmp_path / "run"),
+            groups=3,
+            scale_factor=0.5,
+            convention="official",
+            input_size=64,
+            channels=3,
+            init_weights=path,
+        )
+    )
+    model = loop.build_model(config, num_classes=4, channels=3)
+    loop.load_init_weights(model, config)
+    for layer in ("conv1", "stage2_unit1_gconv1_bn", "stage4_unit4_gconv2"):
+        for got, want in zip(model.get_layer(layer).get_weights(), source.get_layer(layer).get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert model.get_layer("predictions").get_weights()[0].shape == (480, 4)

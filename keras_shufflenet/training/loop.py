@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -123,10 +124,12 @@ def load_init_weights(model: keras.Model, config: TrainConfig) -> None:
         _log.info("Backbone initialized from %s (%s).", path, checkpoint.describe())
         return
     try:
-        if USE_LEGACY_KERAS:
-            model.load_weights(path, by_name=True, skip_mismatch=True)
-        else:
-            model.load_weights(path, skip_mismatch=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns at length about the classifier it skips.
+            if USE_LEGACY_KERAS:
+                model.load_weights(path, by_name=True, skip_mismatch=True)
+            else:
+                model.load_weights(path, skip_mismatch=True)
     except Exception as error:  # noqa: BLE001  (h5py, Keras and TensorFlow raise different types)
         raise ConfigError(f"init_weights={path!r} does not load into the model: {str(error)[:300]}") from None
     _log.info("Backbone initialized from %s.", path)
