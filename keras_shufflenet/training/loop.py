@@ -49,7 +49,17 @@ def describe_configuration(config: TrainConfig) -> str:
 
 # The flags a checkpoint must have been trained with to be resumed: they change
 # the network (some, like output_stride, without changing any weight's shape).
-_RESUME_FLAGS = ("optimizer", "groups", "scale_factor", "output_stride", "shallow", "squeeze_excite", "input_size")
+_RESUME_FLAGS = (
+    "optimizer",
+    "groups",
+    "scale_factor",
+    "output_stride",
+    "shallow",
+    "squeeze_excite",
+    "input_size",
+    "convention",
+    "preprocessing",
+)
 
 
 def _resume_state(config: TrainConfig, source: data.DataSource) -> dict[str, Any]:
