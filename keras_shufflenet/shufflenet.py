@@ -110,8 +110,9 @@ def ShuffleNet(
         ``.pth.tar``; see :mod:`keras_shufflenet.weights`). A checkpoint sets
         ``convention="official"`` and takes ``scale_factor`` and ``groups``
         from its shapes: arguments that differ from it are an error. Its
-        1,000-class classifier loads with ``include_top=True`` and
-        ``classes=1000``; with ``include_top=False`` only the backbone loads.
+        classifier loads with ``include_top=True`` and ``classes`` equal to
+        the checkpoint's (1000 for ImageNet); with ``include_top=False`` only
+        the backbone loads.
         Defaults to `None`.
       input_tensor: Optional Keras tensor (output of ``keras.Input()``) to use
         as the image input. Defaults to `None`.
