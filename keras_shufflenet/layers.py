@@ -415,6 +415,10 @@ class ShuffleUnit(keras.layers.Layer):
         self.bottleneck_ratio = bottleneck_ratio
         self.shuffle = shuffle
         self.se_ratio = se_ratio
+        if convention not in architecture.CONVENTIONS:
+            raise ValueError(
+                f"`convention` must be one of {tuple(architecture.CONVENTIONS)}. Received: convention={convention!r}"
+            )
         self.convention = convention
         self._unit: dict[str, keras.layers.Layer] = {}
 

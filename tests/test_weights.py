@@ -484,3 +484,24 @@ def test_init_weights_from_a_keras_weights_file_keeps_the_backbone(tmp_path) -> 
         for got, want in zip(model.get_layer(layer).get_weights(), source.get_layer(layer).get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
     assert model.get_layer("predictions").get_weights()[0].shape == (480, 4)
+
+
+def test_shuffle_unit_takes_the_official_convention() -> None:
+    from keras_shufflenet import ShuffleUnit
+
+    unit = ShuffleUnit(60, groups=3, strides=2, convention="official", name="unit")
+    x = np.random.default_rng(0).uniform(0, 1, (1, 7, 7, 24)).astype(np.float32)
+    assert tuple(unit(x).shape) == (1, 4, 4, 60)
+    assert [layer.name for layer in unit._unit.values()][:7] == [
+        "unit_gconv1",
+        "unit_gconv1_bn",
+        "unit_gconv1_relu",
+        "unit_dwconv_pad",
+        "unit_dwconv",
+        "unit_dwconv_bn",
+        "unit_shuffle",
+    ]
+    clone = ShuffleUnit.from_config(unit.get_config())
+    assert clone.convention == "official"
+    with pytest.raises(ValueError, match=r"`convention` must be one of \('paper', 'official'\)"):
+        ShuffleUnit(60, convention="tf")
