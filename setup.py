@@ -10,10 +10,14 @@ EXTRAS = {
     "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro", "ai-edge-litert==2.3.0"],
     # The Arm Ethos-U NPU target (micro.export(npu=...)): Arm's Vela compiler.
     "npu": ["ethos-u-vela==5.2.0"],
+    # Reading official checkpoints with PyTorch instead of the built-in reader (optional; see
+    # keras_shufflenet.weights): the test reference uses it too.
+    "convert": ["torch"],
     # Tests, linting and formatting.
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
 }
-EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# "all" leaves out "convert": PyTorch from PyPI is gigabytes of CUDA wheels, and the built-in reader needs none.
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "convert" for req in reqs})
 
 setup(
     name="keras-shufflenet",
@@ -24,7 +28,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_shufflenet", "keras_shufflenet.*"]),
-    package_data={"keras_shufflenet": ["datasets/data/*.csv.gz", "datasets/data/*.md"]},
+    package_data={"keras_shufflenet": ["datasets/data/*.csv.gz", "datasets/data/*.md", "datasets/data/*.txt"]},
     install_requires=["tensorflow==2.21.0", "keras>=3.10", "numpy"],
     extras_require=EXTRAS,
     classifiers=[

@@ -20,12 +20,13 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ChannelShuffle": "keras_shufflenet.layers",
     "ShuffleUnit": "keras_shufflenet.layers",
+    "decode_predictions": "keras_shufflenet.imagenet",
     "ShuffleNet": "keras_shufflenet.shufflenet",
     "preprocess_input": "keras_shufflenet.shufflenet",
     "profile": "keras_shufflenet.profiling",
 }
 
-__all__ = ["ChannelShuffle", "ShuffleNet", "ShuffleUnit", "preprocess_input", "profile"]
+__all__ = ["ChannelShuffle", "ShuffleNet", "ShuffleUnit", "decode_predictions", "preprocess_input", "profile"]
 
 
 def lazy_attributes(module_name: str, public: dict[str, str]) -> tuple[Any, Any]:

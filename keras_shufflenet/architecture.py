@@ -54,6 +54,55 @@ SHALLOW_WIDTH_MULTIPLIER: float = math.sqrt(2.0)
 # (Table 5: 2x with SE, 527 MFLOPs beside 524): reduction ratio 16 as in SENet.
 SE_RATIO: int = 16
 
+# How the network computes what the table describes. "paper" is this
+# package's own (TF "same" padding, the paper's shuffle after the first
+# pointwise conv). "official" computes the function of the official
+# implementation (megvii-model/ShuffleNet-Series, ShuffleNetV1), so its
+# ImageNet checkpoints load exactly (keras_shufflenet.weights):
+# - padding "symmetric": the stride-2 3x3 convolutions, the max pool and the
+#   average-pool shortcut pad one pixel on every side (PyTorch's padding=1)
+#   where TF's "same" pads only the bottom and right, and the average pool
+#   counts the padded zeros (PyTorch's count_include_pad=True);
+# - the shuffle after the depthwise conv's batch norm, in the order
+#   "official": channels reshaped to (C/g, g) then transposed, the inverse
+#   permutation of the paper's (g, C/g).
+# Both use batch-norm epsilon 1e-5 (layers.BN_EPSILON).
+PADDINGS: tuple[str, ...] = ("same", "symmetric")
+SHUFFLE_ORDERS: tuple[str, ...] = ("paper", "official")
+SHUFFLE_POSITIONS: tuple[str, ...] = ("after_gconv1", "after_dwconv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+    """How the network computes: padding, shuffle order and shuffle position.
+
+    Attributes:
+      padding: ``"same"`` (TF) or ``"symmetric"`` (explicit zero padding of
+        one pixel on every side of stride-2 3x3 windows).
+      shuffle_order: ``"paper"`` (reshape to ``(g, C/g)``) or ``"official"``
+        (reshape to ``(C/g, g)``); see :class:`keras_shufflenet.ChannelShuffle`.
+      shuffle_position: ``"after_gconv1"`` (after the first pointwise conv's
+        ReLU) or ``"after_dwconv"`` (after the depthwise conv's batch norm).
+    """
+
+    padding: str
+    shuffle_order: str
+    shuffle_position: str
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "paper": Convention(padding="same", shuffle_order="paper", shuffle_position="after_gconv1"),
+    "official": Convention(padding="symmetric", shuffle_order="official", shuffle_position="after_dwconv"),
+}
+DEFAULT_CONVENTION: str = "paper"
+
+# The official release's configurations (scale, groups), whose checkpoints
+# keras_shufflenet.weights reads. Their widths are this module's rule's:
+# stage_out_channels and stem_channels reproduce the official
+# `stage_out_channels` table at every one of them (tests/test_weights.py).
+OFFICIAL_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+OFFICIAL_GROUPS: tuple[int, ...] = (3, 8)
+
 
 @dataclasses.dataclass(frozen=True)
 class UnitSpec:

@@ -436,6 +436,7 @@ def make_train_augmenter(config: PipelineConfig) -> Callable[..., Any]:
     """Random augmentation and ``preprocess_input`` of one ``(seed, (image, label))``."""
     size = config.input_size
     pad = int(round(config.shift_fraction * size))
+    to_input = model_input(config)
 
     def augment(seed: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         image, label = example
@@ -449,13 +450,36 @@ def make_train_augmenter(config: PipelineConfig) -> Callable[..., Any]:
         if config.random_flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
         image = tf.ensure_shape(image, (size, size, None))
-        return preprocess_input(image), label
+        return to_input(image), label
 
     return augment
 
 
-def _eval_finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return preprocess_input(image), label
+def model_input(config: PipelineConfig) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The function from [0, 255] images to the model's input for ``config.preprocessing``.
+
+    ``"unit"``: :func:`keras_shufflenet.preprocess_input` ([-1, 1]).
+    ``"official"``: BGR pixels in 0..255 as float32, the input of the official
+    ShuffleNet v1 checkpoints (:func:`keras_shufflenet.weights.official_preprocess_input`;
+    grayscale images stay as they are).
+    """
+    if config.preprocessing == "unit":
+        return preprocess_input
+
+    def official(image: tf.Tensor) -> tf.Tensor:
+        image = tf.cast(image, tf.float32)
+        return tf.reverse(image, axis=[-1]) if image.shape[-1] == 3 else image
+
+    return official
+
+
+def _eval_finisher(config: PipelineConfig) -> Callable[..., Any]:
+    to_input = model_input(config)
+
+    def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return to_input(image), label
+
+    return finish
 
 
 def _with_options(ds: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:
@@ -519,7 +543,7 @@ def make_eval_dataset(
     ds = ds.map(make_base_parser(config, training=False), num_parallel_calls=_AUTOTUNE)
     if config.cache:
         ds = ds.cache()
-    ds = ds.map(_eval_finish, num_parallel_calls=_AUTOTUNE).batch(batch_size).prefetch(_AUTOTUNE)
+    ds = ds.map(_eval_finisher(config), num_parallel_calls=_AUTOTUNE).batch(batch_size).prefetch(_AUTOTUNE)
     return _with_options(ds)
 
 

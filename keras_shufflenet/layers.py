@@ -20,6 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_shufflenet import architecture
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 
 _PACKAGE = "keras_shufflenet"
@@ -47,24 +48,33 @@ def _shape_ending_with(inputs: Any, last_dims: list[int]) -> Any:
 class ChannelShuffle(keras.layers.Layer):
     """Channel shuffle of ShuffleNet (Zhang et al., 2018, Sec. 3.1).
 
-    The channels are reshaped to ``(groups, n)``, transposed to
-    ``(n, groups)`` and flattened, so output channel ``j * groups + i`` is
-    input channel ``i * n + j`` (``n = channels // groups``): every group of
-    the next grouped convolution sees one channel of every previous group.
+    With ``order="paper"`` the channels are reshaped to ``(groups, n)``,
+    transposed to ``(n, groups)`` and flattened, so output channel
+    ``j * groups + i`` is input channel ``i * n + j`` (``n = channels //
+    groups``): every group of the next grouped convolution sees one channel
+    of every previous group. ``order="official"`` is the official
+    implementation's (megvii-model/ShuffleNet-Series): reshape to
+    ``(n, groups)``, transpose, so output channel ``i * n + j`` is input
+    channel ``j * groups + i``, the inverse permutation (the paper's shuffle
+    with ``n`` groups). Weights trained with one order need that order.
 
     Works for any batch and spatial size (channels last). With static
     spatial dimensions the reshapes are static, which TFLite Micro needs.
 
     Args:
       groups: Number of groups, ``>= 1``; must divide the channel count.
+      order: ``"paper"`` or ``"official"``, as above. Defaults to `"paper"`.
       **kwargs: Standard layer arguments (``name``, ``dtype``, ...).
     """
 
-    def __init__(self, groups: int, **kwargs: Any) -> None:
+    def __init__(self, groups: int, order: str = "paper", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
             raise ValueError(f"`groups` must be an integer >= 1. Received: groups={groups!r}")
+        if order not in architecture.SHUFFLE_ORDERS:
+            raise ValueError(f"`order` must be one of {architecture.SHUFFLE_ORDERS}. Received: order={order!r}")
         self.groups = groups
+        self.order = order
 
     def build(self, input_shape: Any) -> None:
         channels = input_shape[-1]
@@ -82,6 +92,8 @@ class ChannelShuffle(keras.layers.Layer):
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         channels = inputs.shape[-1]
         split = [self.groups, channels // self.groups]
+        if self.order == "official":
+            split.reverse()
         inner = inputs.shape[1:-1]
         if all(d is not None for d in inner):
             # The pixels as one axis: a 4-D transpose (batch, pixels, g, n),
@@ -104,7 +116,7 @@ class ChannelShuffle(keras.layers.Layer):
         return []
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "groups": self.groups}
+        return {**super().get_config(), "groups": self.groups, "order": self.order}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -219,6 +231,7 @@ def unit_layers(
     bottleneck_ratio: float = 0.25,
     shuffle: bool = True,
     se_ratio: int = 0,
+    convention: str = architecture.DEFAULT_CONVENTION,
 ) -> dict[str, keras.layers.Layer]:
     """Creates the layers of one ShuffleNet unit (Fig. 2 b/c), by role.
 
@@ -237,6 +250,11 @@ def unit_layers(
         global average pool, 1x1 conv to ``branch // se_ratio`` channels with
         ReLU, 1x1 conv back with a sigmoid, times the branch; applied before
         the add or concat, as SE-ResNet does. 0 for none.
+      convention: A key of :data:`keras_shufflenet.architecture.CONVENTIONS`:
+        ``"paper"`` or ``"official"`` (symmetric padding of the stride-2
+        depthwise conv and of the average-pool shortcut, which then counts
+        the padding; the shuffle after the depthwise conv, in the official
+        order).
 
     Returns:
       A dict from role (``"gconv1"``, ``"gconv1_bn"``, ...) to layer, in
@@ -248,6 +266,13 @@ def unit_layers(
     bottleneck = _check_unit_args(
         in_channels, filters, groups, strides, first_pointwise_grouped, bottleneck_ratio, se_ratio
     )
+    if convention not in architecture.CONVENTIONS:
+        raise ValueError(
+            f"`convention` must be one of {tuple(architecture.CONVENTIONS)}. Received: convention={convention!r}"
+        )
+    rule = architecture.CONVENTIONS[convention]
+    # A stride-1 3x3 "same" window pads one pixel on every side already.
+    symmetric = rule.padding == "symmetric" and strides == 2
     branch_channels = filters - in_channels if strides == 2 else filters
     L = keras.layers
 
@@ -258,17 +283,26 @@ def unit_layers(
     layers["gconv1"] = pointwise_conv(bottleneck, groups if first_pointwise_grouped else 1, f"{prefix}_gconv1")
     layers["gconv1_bn"] = bn("gconv1_bn")
     layers["gconv1_relu"] = L.ReLU(name=f"{prefix}_gconv1_relu")
-    if shuffle and groups > 1:
-        layers["shuffle"] = ChannelShuffle(groups, name=f"{prefix}_shuffle")
+    shuffles = shuffle and groups > 1
+
+    def add_shuffle() -> None:
+        layers["shuffle"] = ChannelShuffle(groups, order=rule.shuffle_order, name=f"{prefix}_shuffle")
+
+    if shuffles and rule.shuffle_position == "after_gconv1":
+        add_shuffle()
+    if symmetric:
+        layers["dwconv_pad"] = L.ZeroPadding2D(1, name=f"{prefix}_dwconv_pad")
     layers["dwconv"] = L.DepthwiseConv2D(
         3,
         strides=strides,
-        padding="same",
+        padding="valid" if symmetric else "same",
         use_bias=False,
         depthwise_initializer="he_normal",
         name=f"{prefix}_dwconv",
     )
     layers["dwconv_bn"] = bn("dwconv_bn")  # No ReLU after the depthwise conv.
+    if shuffles and rule.shuffle_position == "after_dwconv":
+        add_shuffle()
     layers["gconv2"] = pointwise_conv(branch_channels, groups, f"{prefix}_gconv2")
     layers["gconv2_bn"] = bn("gconv2_bn")
     if se_ratio:
@@ -284,6 +318,11 @@ def unit_layers(
         layers["se_scale"] = L.Multiply(name=f"{prefix}_se_scale")
     if strides == 1:
         layers["add"] = L.Add(name=f"{prefix}_add")
+    elif symmetric:
+        # The padded zeros count in the average, as PyTorch's count_include_pad=True.
+        layers["shortcut_pad"] = L.ZeroPadding2D(1, name=f"{prefix}_shortcut_pad")
+        layers["shortcut_pool"] = L.AveragePooling2D(3, strides=2, padding="valid", name=f"{prefix}_shortcut_pool")
+        layers["concat"] = L.Concatenate(name=f"{prefix}_concat")
     else:
         layers["shortcut_pool"] = L.AveragePooling2D(3, strides=2, padding="same", name=f"{prefix}_shortcut_pool")
         layers["concat"] = L.Concatenate(name=f"{prefix}_concat")
@@ -291,16 +330,26 @@ def unit_layers(
     return layers
 
 
-# The residual branch, in execution order.
-_BRANCH_ROLES = ("gconv1", "gconv1_bn", "gconv1_relu", "shuffle", "dwconv", "dwconv_bn", "gconv2", "gconv2_bn")
+# The roles of the residual branch; a unit's dict holds them in execution order.
+_BRANCH_ROLES = (
+    "gconv1",
+    "gconv1_bn",
+    "gconv1_relu",
+    "shuffle",
+    "dwconv_pad",
+    "dwconv",
+    "dwconv_bn",
+    "gconv2",
+    "gconv2_bn",
+)
 
 
 def apply_unit(layers: dict[str, keras.layers.Layer], inputs: Any) -> Any:
     """Wires the layers made by :func:`unit_layers` on ``inputs``."""
     x = inputs
-    for role in _BRANCH_ROLES:
-        if role in layers:
-            x = layers[role](x)
+    for role, layer in layers.items():
+        if role in _BRANCH_ROLES:
+            x = layer(x)
     if "se_pool" in layers:
         weights = layers["se_expand"](layers["se_reduce"](layers["se_pool"](x)))
         x = layers["se_scale"]([x, weights])
@@ -308,7 +357,8 @@ def apply_unit(layers: dict[str, keras.layers.Layer], inputs: Any) -> Any:
         x = layers["add"]([inputs, x])
     else:
         # Shortcut first, as in the official implementation.
-        x = layers["concat"]([layers["shortcut_pool"](inputs), x])
+        shortcut = layers["shortcut_pad"](inputs) if "shortcut_pad" in layers else inputs
+        x = layers["concat"]([layers["shortcut_pool"](shortcut), x])
     return layers["relu"](x)
 
 
@@ -338,6 +388,8 @@ class ShuffleUnit(keras.layers.Layer):
       shuffle: Whether to shuffle channels. Defaults to `True`.
       se_ratio: Squeeze-and-excitation reduction ratio on the branch; 0
         (the default) for none.
+      convention: ``"paper"`` or ``"official"``; see :func:`unit_layers`.
+        Defaults to `"paper"`.
       **kwargs: Standard layer arguments (``name``, ``dtype``, ...).
     """
 
@@ -350,6 +402,7 @@ class ShuffleUnit(keras.layers.Layer):
         bottleneck_ratio: float = 0.25,
         shuffle: bool = True,
         se_ratio: int = 0,
+        convention: str = architecture.DEFAULT_CONVENTION,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -362,6 +415,11 @@ class ShuffleUnit(keras.layers.Layer):
         self.bottleneck_ratio = bottleneck_ratio
         self.shuffle = shuffle
         self.se_ratio = se_ratio
+        if convention not in architecture.CONVENTIONS:
+            raise ValueError(
+                f"`convention` must be one of {tuple(architecture.CONVENTIONS)}. Received: convention={convention!r}"
+            )
+        self.convention = convention
         self._unit: dict[str, keras.layers.Layer] = {}
 
     def build(self, input_shape: Any) -> None:
@@ -377,6 +435,7 @@ class ShuffleUnit(keras.layers.Layer):
             bottleneck_ratio=self.bottleneck_ratio,
             shuffle=self.shuffle,
             se_ratio=self.se_ratio,
+            convention=self.convention,
         )
         shape = tuple(input_shape)
         for role, layer in self._unit.items():
@@ -409,4 +468,5 @@ class ShuffleUnit(keras.layers.Layer):
             "bottleneck_ratio": self.bottleneck_ratio,
             "shuffle": self.shuffle,
             "se_ratio": self.se_ratio,
+            "convention": self.convention,
         }

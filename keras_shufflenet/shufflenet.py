@@ -65,14 +65,15 @@ def ShuffleNet(
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
-    groups: int = 3,
-    scale_factor: float = 1.0,
+    groups: int | None = None,
+    scale_factor: float | None = None,
     shuffle: bool = True,
     stem_channels: int | None = None,
     output_stride: int = architecture.DEFAULT_OUTPUT_STRIDE,
     shallow: bool = False,
     squeeze_excite: bool = False,
     se_ratio: int = architecture.SE_RATIO,
+    convention: str | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Instantiates the ShuffleNet v1 architecture.
@@ -103,8 +104,16 @@ def ShuffleNet(
     Args:
       include_top: Whether to include the global pool and the classifier.
         Defaults to `True`.
-      weights: `None` (random initialization) or the path to a weights file
-        saved with ``model.save_weights``. Defaults to `None`.
+      weights: `None` (random initialization), the path to a weights file
+        saved with ``model.save_weights``, or the path to an official
+        ShuffleNet v1 ImageNet checkpoint (megvii-model/ShuffleNet-Series,
+        ``.pth.tar``; see :mod:`keras_shufflenet.weights`). A checkpoint sets
+        ``convention="official"`` and takes ``scale_factor`` and ``groups``
+        from its shapes: arguments that differ from it are an error. Its
+        classifier loads with ``include_top=True`` and ``classes`` equal to
+        the checkpoint's (1000 for ImageNet); with ``include_top=False`` only
+        the backbone loads.
+        Defaults to `None`.
       input_tensor: Optional Keras tensor (output of ``keras.Input()``) to use
         as the image input. Defaults to `None`.
       input_shape: ``(height, width, channels)``; height and width may be
@@ -116,11 +125,11 @@ def ShuffleNet(
       classifier_activation: Activation of the classifier; `None` returns
         logits. Defaults to `"softmax"`.
       groups: Groups of the pointwise convolutions, one of 1, 2, 3, 4, 8.
-        Defaults to `3`.
+        Defaults to `3`, or the checkpoint's with an official checkpoint.
       scale_factor: Width multiplier "s x" of the paper, finite and at least
         :func:`keras_shufflenet.architecture.min_scale_factor` (0.033-0.093
         by groups; below it the stage widths stop growing).
-        Defaults to `1.0`.
+        Defaults to `1.0`, or the checkpoint's with an official checkpoint.
       shuffle: Whether to shuffle channels (off reproduces Table 3's
         ablation). Defaults to `True`.
       stem_channels: Width of conv1; `None` applies the documented rule.
@@ -138,6 +147,15 @@ def ShuffleNet(
         (Table 5: 2x g3 with SE, 527 MFLOPs). Defaults to `False`.
       se_ratio: Reduction ratio of the squeeze-and-excitation blocks, an
         integer >= 1 that leaves at least one channel. Defaults to `16`.
+      convention: How the network computes, a key of
+        :data:`keras_shufflenet.architecture.CONVENTIONS`. ``"paper"``: TF's
+        "same" padding and the paper's shuffle after the first pointwise
+        conv. ``"official"``: the official implementation's function, which
+        its checkpoints need: one pixel of zero padding on every side of the
+        stride-2 3x3 convolutions and pools (the average-pool shortcut counts
+        it), and the shuffle after the depthwise conv's batch norm, in the
+        official order (:class:`keras_shufflenet.ChannelShuffle`). Defaults
+        to `"paper"`, or `"official"` with an official checkpoint.
       name: Model name. Defaults to ``"shufflenet_{scale}x_g{groups}"``.
 
     Returns:
@@ -146,6 +164,14 @@ def ShuffleNet(
     Raises:
       ValueError: For any invalid argument, naming it and the value received.
     """
+    checkpoint = None
+    if weights is not None and isinstance(weights, (str, os.PathLike)) and _is_torch_checkpoint(weights):
+        checkpoint, groups, scale_factor, convention = _resolve_checkpoint(
+            weights, groups, scale_factor, convention, stem_channels
+        )
+    groups = 3 if groups is None else groups
+    scale_factor = 1.0 if scale_factor is None else scale_factor
+    convention = architecture.DEFAULT_CONVENTION if convention is None else convention
     if (
         isinstance(groups, bool)
         or not isinstance(groups, (int, np.integer))
@@ -198,6 +224,10 @@ def ShuffleNet(
             raise ValueError(f"`{flag_name}` must be True or False. Received: {flag_name}={flag!r}")
     if squeeze_excite:
         _check_positive_int("se_ratio", se_ratio)
+    if convention not in architecture.CONVENTIONS:
+        raise ValueError(
+            f"`convention` must be one of {tuple(architecture.CONVENTIONS)}. Received: convention={convention!r}"
+        )
     shape = _resolve_input_shape(input_shape, input_tensor, output_stride)
     spec = architecture.network_spec(
         groups,
@@ -221,18 +251,28 @@ def ShuffleNet(
         img_input = keras.Input(tensor=input_tensor, shape=shape, name="image")
 
     L = keras.layers
+    # "symmetric": one pixel of zeros on every side, then "valid" (PyTorch's padding=1).
+    # A stride-1 3x3 "same" window is symmetric already.
+    symmetric = architecture.CONVENTIONS[convention].padding == "symmetric"
+    x = img_input
+    if symmetric and spec.conv1_strides == 2:
+        x = L.ZeroPadding2D(1, name="conv1_pad")(x)
     x = L.Conv2D(
         spec.stem_channels,
         3,
         strides=spec.conv1_strides,
-        padding="same",
+        padding="valid" if symmetric and spec.conv1_strides == 2 else "same",
         use_bias=False,
         kernel_initializer="he_normal",
         name="conv1",
-    )(img_input)
+    )(x)
     x = batch_norm("conv1_bn")(x)
     x = L.ReLU(name="conv1_relu")(x)
-    if spec.max_pool:
+    if spec.max_pool and symmetric:
+        # Zeros stand for PyTorch's -inf padding: after the ReLU no value is below 0.
+        x = L.ZeroPadding2D(1, name="maxpool_pad")(x)
+        x = L.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+    elif spec.max_pool:
         x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
     for unit in spec.units:
         layers = unit_layers(
@@ -245,6 +285,7 @@ def ShuffleNet(
             bottleneck_ratio=architecture.BOTTLENECK_RATIO,
             shuffle=shuffle,
             se_ratio=spec.se_ratio,
+            convention=convention,
         )
         x = apply_unit(layers, x)
 
@@ -262,9 +303,57 @@ def ShuffleNet(
         name += "_shallow" * shallow + "_se" * squeeze_excite
         name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
     model = keras.Model(inputs, x, name=name)
-    if weights is not None:
+    if checkpoint is not None:
+        from keras_shufflenet import weights as official_weights
+
+        official_weights.load_official_weights(model, checkpoint)
+    elif weights is not None:
         _load_weights(model, os.fspath(weights))
     return model
+
+
+def _is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:
+    from keras_shufflenet import weights as official_weights
+
+    return official_weights.is_torch_checkpoint(path)
+
+
+def _resolve_checkpoint(
+    path: str | os.PathLike[str],
+    groups: int | None,
+    scale_factor: float | None,
+    convention: str | None,
+    stem_channels: int | None,
+) -> tuple[Any, int, float, str]:
+    """Reads an official checkpoint; returns it with the groups, scale and convention it fixes.
+
+    Raises:
+      ValueError: If the file is not a usable checkpoint, or an argument
+        given differs from the checkpoint's configuration (naming both).
+    """
+    from keras_shufflenet import weights as official_weights
+
+    try:
+        checkpoint = official_weights.read_official_checkpoint(path)
+    except official_weights.CheckpointError as error:
+        raise ValueError(f"`weights`: {error}") from None
+    given = {"groups": groups, "scale_factor": scale_factor, "convention": convention, "stem_channels": stem_channels}
+    fixed = {
+        "groups": checkpoint.groups,
+        "scale_factor": checkpoint.scale_factor,
+        "convention": "official",
+        "stem_channels": architecture.stem_channels(checkpoint.groups, checkpoint.scale_factor),
+    }
+    for argument, value in given.items():
+        expected = fixed[argument]
+        same = value == expected if not isinstance(value, float) else math.isclose(value, expected)
+        if value is not None and not same:
+            raise ValueError(
+                f"`{argument}`={value!r} does not match the checkpoint `weights`={os.fspath(path)!r}, which is "
+                f"ShuffleNet v1 {checkpoint.describe()} and needs {argument}={expected!r}; omit `{argument}` to "
+                "take it from the checkpoint."
+            )
+    return checkpoint, checkpoint.groups, checkpoint.scale_factor, "official"
 
 
 def _load_weights(model: keras.Model, path: str) -> None:

@@ -116,7 +116,8 @@ def _is_non_negative(layer: Any) -> bool:
     """Whether ``layer``'s output is never negative: a ReLU's, or a pool of such an output."""
     if _is_plain_relu(layer):
         return True
-    if isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D)):
+    # Zero padding (the "symmetric" convention) keeps a non-negative input non-negative.
+    if isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D, keras.layers.ZeroPadding2D)):
         return _is_non_negative(_producer(layer.input))
     return False
 

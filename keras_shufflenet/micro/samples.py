@@ -16,8 +16,13 @@ _SHUFFLENET_UNIT = re.compile(r"^stage\d+_unit\d+_gconv1$")
 
 
 def takes_preprocessed_input(model: Any) -> bool:
-    """Whether ``model`` is a :func:`keras_shufflenet.ShuffleNet` (whose input is ``preprocess_input``'s [-1, 1])."""
-    return any(_SHUFFLENET_UNIT.match(layer.name) for layer in getattr(model, "layers", []))
+    """Whether ``model`` is a :func:`keras_shufflenet.ShuffleNet` (whose input is ``preprocess_input``'s [-1, 1]).
+
+    Not one of ``convention="official"`` (its ``conv1_pad`` layer): those
+    take the official checkpoints' BGR pixels in 0..255 as well.
+    """
+    names = [layer.name for layer in getattr(model, "layers", [])]
+    return "conv1_pad" not in names and any(_SHUFFLENET_UNIT.match(name) for name in names)
 
 
 def check_input_range(model: Any, images: np.ndarray, argument: str) -> None:

@@ -36,6 +36,9 @@ VERBOSITIES = (0, 1, 2, 3)
 # "none" for a training run without an export.
 EXPORT_QUANTIZE_MODES = ("ptq", "qat")
 QUANTIZE_MODES = ("none", *EXPORT_QUANTIZE_MODES)
+# How pixels become the model's input: "unit" is preprocess_input's [-1, 1];
+# "official" the official ShuffleNet v1 checkpoints' BGR pixels in 0..255.
+PREPROCESSINGS = ("unit", "official")
 # Convolution weight scales: one per output channel (the converter's default)
 # or one per tensor (4 bytes less per output channel).
 WEIGHT_QUANTIZATIONS = ("per_channel", "per_tensor")
@@ -133,6 +136,12 @@ class PipelineConfig:
     min_crop_area: float = option(0.25, "Smallest crop area fraction of --augment=scale.", interval="(0, 1]")
     eval_crop_fraction: float = option(
         0.875, "Center-crop fraction of --augment=scale eval (224 of 256).", interval="(0, 1]"
+    )
+    preprocessing: str = option(
+        "unit",
+        "unit: pixels / 127.5 - 1 (keras_shufflenet.preprocess_input); official: BGR pixels in 0..255, the input of "
+        "the official ShuffleNet v1 checkpoints (with --augment=scale: eval resizes to 256, crops 224).",
+        choices=PREPROCESSINGS,
     )
     cache: bool = option(True, "Cache decoded, resized images in memory (turn off for datasets larger than RAM).")
     shuffle_buffer: int = option(10_000, "Shuffle buffer size in images.", interval="[1, inf)")
@@ -290,6 +299,18 @@ class TrainConfig:
     )
     shallow: bool = option(False, "The paper's shallow ShuffleNet (26 layers at sqrt(2) times the widths).")
     squeeze_excite: bool = option(False, "Squeeze-and-excitation on every unit's branch (ratio 16).")
+    convention: str = option(
+        "paper",
+        "paper: TF 'same' padding, the paper's shuffle; official: the official implementation's padding and "
+        "shuffle, which its checkpoints need (keras_shufflenet.architecture.CONVENTIONS).",
+        choices=tuple(architecture.CONVENTIONS),
+    )
+    init_weights: str = option(
+        "",
+        "Initial backbone weights for training: an official ShuffleNet v1 checkpoint (.pth.tar; needs "
+        "--convention=official and its --groups and --scale_factor) or a Keras .weights.h5 of the same "
+        "architecture. The classifier is new, for the dataset's classes.",
+    )
     optimizer: str = option("adam", "sgd (with --momentum) or adam.", choices=OPTIMIZERS)
     learning_rate: float = option(0.01, "Peak learning rate (after warmup).", interval="(0, inf)")
     lr_schedule: str = option("cosine", "Decay to 0 over the run, or constant.", choices=LR_SCHEDULES)

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -48,7 +49,17 @@ def describe_configuration(config: TrainConfig) -> str:
 
 # The flags a checkpoint must have been trained with to be resumed: they change
 # the network (some, like output_stride, without changing any weight's shape).
-_RESUME_FLAGS = ("optimizer", "groups", "scale_factor", "output_stride", "shallow", "squeeze_excite", "input_size")
+_RESUME_FLAGS = (
+    "optimizer",
+    "groups",
+    "scale_factor",
+    "output_stride",
+    "shallow",
+    "squeeze_excite",
+    "input_size",
+    "convention",
+    "preprocessing",
+)
 
 
 def _resume_state(config: TrainConfig, source: data.DataSource) -> dict[str, Any]:
@@ -87,7 +98,65 @@ def build_model(config: TrainConfig, num_classes: int, channels: int) -> keras.M
         output_stride=config.resolved_output_stride,
         shallow=config.shallow,
         squeeze_excite=config.squeeze_excite,
+        convention=config.convention,
     )
+
+
+def load_init_weights(model: keras.Model, config: TrainConfig) -> None:
+    """Loads ``config.init_weights`` into ``model``'s backbone; the classifier stays as built (new classes).
+
+    An official checkpoint must be of ``config``'s groups and scale and
+    ``convention="official"``; a Keras weights file of the same architecture
+    loads every layer whose shapes match (all but a classifier for other
+    classes).
+
+    Raises:
+      ConfigError: Naming the flag and what the checkpoint needs.
+    """
+    from keras_shufflenet import weights
+
+    path = config.init_weights
+    if not os.path.isfile(path):
+        raise ConfigError(f"init_weights must be an existing file. Received: init_weights={path!r}")
+    if weights.is_torch_checkpoint(path):
+        try:
+            checkpoint = weights.read_official_checkpoint(path)
+        except weights.CheckpointError as error:
+            raise ConfigError(f"init_weights: {error}") from None
+        needed = {"groups": checkpoint.groups, "scale_factor": checkpoint.scale_factor, "convention": "official"}
+        for flag, value in needed.items():
+            if getattr(config, flag) != value:
+                raise ConfigError(
+                    f"init_weights={path!r} is ShuffleNet v1 {checkpoint.describe()} (official convention) and "
+                    f"needs --{flag}={value}. Received: {flag}={getattr(config, flag)!r}"
+                )
+        weights.load_official_weights(model, checkpoint, classifier=False)
+        _log.info("Backbone initialized from %s (%s).", path, checkpoint.describe())
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns at length about the classifier it skips.
+            if USE_LEGACY_KERAS:
+                model.load_weights(path, by_name=True, skip_mismatch=True)
+            else:
+                model.load_weights(path, skip_mismatch=True)
+    except Exception as error:  # noqa: BLE001  (h5py, Keras and TensorFlow raise different types)
+        raise ConfigError(f"init_weights={path!r} does not load into the model: {str(error)[:300]}") from None
+    _log.info("Backbone initialized from %s.", path)
+
+
+def load_eval_model(path: str, config: TrainConfig) -> keras.Model:
+    """The model for ``--mode=eval``: a saved ``.keras`` model, or an official checkpoint at ``--input_size``."""
+    from keras_shufflenet import weights
+
+    if os.path.isfile(path) and weights.is_torch_checkpoint(path):
+        try:
+            size = config.data.input_size
+            classes = weights.read_official_checkpoint(path).classes
+            return ShuffleNet(weights=path, input_shape=(size, size, 3), classes=classes)
+        except ValueError as error:  # CheckpointError is a ValueError.
+            raise ConfigError(f"eval_model: {error}") from None
+    return load_saved_model(path)
 
 
 def load_source(config: TrainConfig) -> data.DataSource:
@@ -221,6 +290,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     with distribute.precision_policy(config):
         with strategy.scope():
             model = build_model(config, source.num_classes, source.channels)
+            if config.init_weights and not state:
+                load_init_weights(model, config)  # A resumed run restores its own weights below.
             optimization.add_kernel_weight_decay(model, config.weight_decay)
             optimizer = optimization.make_optimizer(config, epochs * steps, steps)
             _compile(model, config, source.num_classes, optimizer)
@@ -310,7 +381,7 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
     """
     config.validate()
     path = config.eval_model or os.path.join(config.model_dir, run_dir.MODEL_FILE)
-    model = load_saved_model(path)
+    model = load_eval_model(path, config)
     _, height, width, channels = model.input_shape
     if height != width or height is None:
         raise ConfigError(f"{path}: expected a square, fixed input size; the model takes {model.input_shape}.")

@@ -1,0 +1,199 @@
+"""Pretrained ImageNet weights: the official ShuffleNet v1 checkpoints, loaded exactly.
+
+The official implementation (megvii-model/ShuffleNet-Series) publishes
+PyTorch checkpoints for 0.5x/1.0x/1.5x/2.0x with 3 and 8 groups. Download
+one yourself, then either build the model from it::
+
+    model = keras_shufflenet.ShuffleNet(weights="snetv1_group3_1.0x.pth.tar")
+
+or convert it once to a Keras weights file::
+
+    python -m keras_shufflenet.weights convert CHECKPOINT OUT.weights.h5
+
+The checkpoint is read by :mod:`keras_shufflenet.weights.reader`, which
+loads tensors only and never runs pickled code (no PyTorch needed); the
+configuration (scale, groups, classes) comes from its shapes
+(:mod:`keras_shufflenet.weights.official`). The model is built with
+``convention="official"``, which computes the official network's function:
+logits agree with PyTorch's within 1e-4 (tests/test_weights.py). Its input
+is the official one: BGR pixels in [0, 255], not normalized
+(:func:`official_preprocess_input`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from keras_shufflenet.weights import official
+from keras_shufflenet.weights.reader import CheckpointError, checkpoint_layout, read_checkpoint
+
+__all__ = [
+    "CheckpointError",
+    "OfficialCheckpoint",
+    "convert",
+    "is_torch_checkpoint",
+    "load_official_weights",
+    "official_preprocess_input",
+    "read_official_checkpoint",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialCheckpoint:
+    """An official ShuffleNet v1 checkpoint, read and checked.
+
+    Attributes:
+      path: The file it was read from.
+      scale_factor: Its width multiplier (0.5, 1.0, 1.5 or 2.0 for the release).
+      groups: Its groups (3 or 8 for the release).
+      classes: Its classifier's outputs (1000 for ImageNet).
+      tensors: Its tensors by official name, without the ``module.`` prefix.
+    """
+
+    path: str
+    scale_factor: float
+    groups: int
+    classes: int
+    tensors: dict[str, np.ndarray]
+
+    def describe(self) -> str:
+        return official.describe(self.scale_factor, self.groups)
+
+
+def is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file that starts like a ``torch.save`` file (zip with ``data.pkl``, or legacy pickle)."""
+    if not os.path.isfile(path):
+        return False
+    layout = checkpoint_layout(path)
+    if layout != "zip":
+        return layout == "legacy"
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") and name.count("/") == 1 for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return True  # A damaged zip: let the reader say what is wrong with it.
+
+
+def read_official_checkpoint(path: str | os.PathLike[str], reader: str = "builtin") -> OfficialCheckpoint:
+    """Reads an official ShuffleNet v1 checkpoint and infers its configuration from its shapes.
+
+    Args:
+      path: A ``.pth.tar`` of megvii-model/ShuffleNet-Series (or any
+        ``torch.save`` of the same state dict, with or without ``module.``).
+      reader: ``"builtin"`` (no PyTorch, the default) or ``"torch"``
+        (:func:`keras_shufflenet.weights.reader.read_checkpoint`).
+
+    Returns:
+      The :class:`OfficialCheckpoint`.
+
+    Raises:
+      CheckpointError: If the file is not a PyTorch checkpoint, is truncated,
+        asks to run code, or is not a ShuffleNet v1 of a consistent
+        configuration; the message names the file and what is wrong.
+    """
+    path = os.fspath(path)
+    tensors = official.state_dict_of(read_checkpoint(path, reader), path)
+    scale_factor, groups, classes = official.infer_configuration(tensors, path)
+    return OfficialCheckpoint(path, scale_factor, groups, classes, tensors)
+
+
+def load_official_weights(model: Any, checkpoint: OfficialCheckpoint, classifier: bool = True) -> None:
+    """Sets ``model``'s weights from ``checkpoint``: all of them or, on any mismatch, none.
+
+    ``model`` must be a :func:`keras_shufflenet.ShuffleNet` of the
+    checkpoint's configuration built with ``convention="official"``; its
+    classifier loads when it has one (``include_top=True``) with the
+    checkpoint's class count and ``classifier`` is true, else only the
+    backbone (transfer learning: the model's own classifier is kept).
+
+    Raises:
+      ValueError: If a layer is missing or a shape differs, before any weight is set.
+    """
+    from keras_shufflenet import architecture
+
+    spec = architecture.network_spec(checkpoint.groups, checkpoint.scale_factor)
+    layer_names = {layer.name for layer in model.layers}
+    include_top = classifier and "predictions" in layer_names
+    weights = official.layer_weights(checkpoint.tensors, spec, include_top)
+    pairs = []
+    for layer_name, arrays in weights.items():
+        if layer_name not in layer_names:
+            raise ValueError(
+                f"model {model.name!r} has no layer {layer_name!r} for checkpoint {checkpoint.path!r} "
+                f"({checkpoint.describe()}); build it with ShuffleNet(weights=...) or the checkpoint's configuration"
+            )
+        layer = model.get_layer(layer_name)
+        current = layer.get_weights()
+        shapes = [tuple(w.shape) for w in current]
+        if shapes != [a.shape for a in arrays]:
+            raise ValueError(
+                f"layer {layer_name!r} of model {model.name!r} has weights of shapes {shapes}, checkpoint "
+                f"{checkpoint.path!r} ({checkpoint.describe()}, {checkpoint.classes} classes) gives "
+                f"{[a.shape for a in arrays]}"
+            )
+        pairs.append((layer, arrays))
+    for layer, arrays in pairs:  # Every shape checked: nothing is half-loaded.
+        layer.set_weights(arrays)
+
+
+def official_preprocess_input(images: Any) -> Any:
+    """The official network's input from RGB images in [0, 255]: BGR, float32, not normalized.
+
+    The official evaluation (``ToBGRTensor`` in its train.py) feeds OpenCV's
+    BGR pixels as floats in 0..255. Resize to 256 and center-crop to 224
+    before (``keras_shufflenet.data`` does for ``--preprocessing=official``).
+
+    Args:
+      images: An array or tensor ``(..., H, W, 3)`` of RGB values in [0, 255].
+
+    Returns:
+      The same images with the channels reversed, as float32.
+    """
+    if isinstance(images, np.ndarray):
+        return images[..., ::-1].astype(np.float32)
+    import tensorflow as tf
+
+    return tf.reverse(tf.cast(images, tf.float32), axis=[-1])
+
+
+def convert(checkpoint_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> OfficialCheckpoint:
+    """Converts an official checkpoint into a Keras weights file (``.weights.h5``), written atomically.
+
+    The file loads with ``ShuffleNet(weights=output_path, scale_factor=...,
+    groups=..., convention="official")`` of the checkpoint's configuration.
+
+    Args:
+      checkpoint_path: The official checkpoint.
+      output_path: The Keras weights file to write; must end in ``.weights.h5``.
+
+    Returns:
+      The checkpoint that was read.
+
+    Raises:
+      CheckpointError: As :func:`read_official_checkpoint`.
+      ValueError: If ``output_path`` does not end in ``.weights.h5``.
+    """
+    output_path = os.fspath(output_path)
+    if not output_path.endswith(".weights.h5"):
+        raise ValueError(f"`output_path` must end in '.weights.h5'. Received: output_path={output_path!r}")
+    checkpoint = read_official_checkpoint(checkpoint_path)
+    from keras_shufflenet import run_dir
+    from keras_shufflenet.shufflenet import ShuffleNet
+
+    model = ShuffleNet(
+        weights=None,
+        classes=checkpoint.classes,
+        scale_factor=checkpoint.scale_factor,
+        groups=checkpoint.groups,
+        convention="official",
+    )
+    load_official_weights(model, checkpoint)
+    with run_dir.atomic_path(output_path) as tmp:  # Same base name: Keras 3 checks the suffix.
+        model.save_weights(tmp)
+    return checkpoint
