@@ -125,13 +125,13 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
       one ordinary GEMM.
     * Inference (``training`` false or unset: ``predict``, ``evaluate``,
       ``model(x)``, and the graphs that ``tf.lite.TFLiteConverter``,
-      ``model.export`` and ``tf.saved_model.save`` trace): ``Conv2D``'s own
-      grouped convolution. TFLite converts it to one grouped ``CONV_2D``,
-      into which it folds the following batch norm; the lowering would
-      become FULLY_CONNECTED, SPLIT, CONCATENATION and RESHAPE operators and
-      leave every batch norm as a MUL and an ADD. The price is Keras
-      inference on the CPU: measured 1.2x (96x96, 0.5x) to 1.45x (224x224,
-      1x) the lowering's time per batch.
+      ``model.export`` and ``tf.saved_model.save`` trace): TensorFlow's
+      grouped convolution (``tf.nn.convolution``). TFLite converts it to one
+      grouped ``CONV_2D`` and folds the following batch norm into it; the
+      lowering would become FULLY_CONNECTED, SPLIT, CONCATENATION and
+      RESHAPE operators and leave every batch norm as a MUL. For inference
+      the two ran at about the same speed on the CPU (within the 30 % that
+      timings swing on a shared machine), so inference needs no lowering.
 
     :func:`keras_shufflenet.ShuffleNet` uses it for grouped 1x1 convolutions
     under Keras 3; under tf_keras (tensorflow-model-optimization) the
@@ -150,9 +150,14 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
         )
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
-        if not (training and self._is_pointwise_group_conv()):
+        if not self._is_pointwise_group_conv():
             return super().call(inputs)
-        outputs = self.grouped_matmul(inputs, self.kernel)
+        if training:
+            outputs = self.grouped_matmul(inputs, self.kernel)
+        else:
+            # TensorFlow's grouped Conv2D op itself: Keras's conv wraps it in an
+            # XLA function that is traced and compiled anew at every eager call.
+            outputs = tf.nn.convolution(inputs, self.kernel, padding="VALID")
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, self.bias)
         return self.activation(outputs) if self.activation is not None else outputs
