@@ -114,7 +114,7 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
     The same layer, weights and result as ``Conv2D(filters, 1, groups=g)``
     (kernel ``(1, 1, in_channels // g, filters)``, group ``k`` producing the
     output channels ``[k * filters // g, (k + 1) * filters // g)``). Only the
-    computation differs, and only while training:
+    computation differs:
 
     * ``training=True`` (``fit``, ``train_on_batch``): ``split -> g matmuls
       -> concat`` on the channels. TensorFlow has no fast grouped convolution
@@ -123,15 +123,20 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
       group-major order that cost as much as the matmul itself. Split and
       concat copy contiguous runs of channels, and each group's matmul is
       one ordinary GEMM.
-    * Inference (``training`` false or unset: ``predict``, ``evaluate``,
-      ``model(x)``, and the graphs that ``tf.lite.TFLiteConverter``,
-      ``model.export`` and ``tf.saved_model.save`` trace): TensorFlow's
-      grouped convolution (``tf.nn.convolution``). TFLite converts it to one
-      grouped ``CONV_2D`` and folds the following batch norm into it; the
-      lowering would become FULLY_CONNECTED, SPLIT, CONCATENATION and
-      RESHAPE operators and leave every batch norm as a MUL. For inference
-      the two ran at about the same speed on the CPU (within the 30 % that
-      timings swing on a shared machine), so inference needs no lowering.
+    * Inference in a graph (``training`` false or unset inside a
+      ``tf.function``: ``predict``, ``evaluate``, and the graphs that
+      ``tf.lite.TFLiteConverter``, ``model.export`` and
+      ``tf.saved_model.save`` trace): ``Conv2D``'s own grouped convolution.
+      TFLite converts it to one grouped ``CONV_2D`` and folds the following
+      batch norm into it; the lowering would become FULLY_CONNECTED, SPLIT,
+      CONCATENATION and RESHAPE operators and leave every batch norm as a
+      MUL. Gradients still flow (Keras compiles it with XLA on the CPU,
+      where TensorFlow has no gradient for grouped convolutions). For
+      inference the two computations ran at about the same speed on the CPU
+      (within the 30 % that timings swing on a shared machine).
+    * Eager calls (``model(x)`` outside a ``tf.function``) are never
+      converted and use the lowering: Keras would compile an XLA function
+      for the grouped convolution at every eager call.
 
     :func:`keras_shufflenet.ShuffleNet` uses it for grouped 1x1 convolutions
     under Keras 3; under tf_keras (tensorflow-model-optimization) the
@@ -150,14 +155,11 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
         )
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
-        if not self._is_pointwise_group_conv():
+        # Eager calls are never converted, and there Keras's grouped
+        # convolution would trace and compile an XLA function at every call.
+        if not (self._is_pointwise_group_conv() and (training or tf.executing_eagerly())):
             return super().call(inputs)
-        if training:
-            outputs = self.grouped_matmul(inputs, self.kernel)
-        else:
-            # TensorFlow's grouped Conv2D op itself: Keras's conv wraps it in an
-            # XLA function that is traced and compiled anew at every eager call.
-            outputs = tf.nn.convolution(inputs, self.kernel, padding="VALID")
+        outputs = self.grouped_matmul(inputs, self.kernel)
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, self.bias)
         return self.activation(outputs) if self.activation is not None else outputs
