@@ -132,10 +132,10 @@ class PointwiseGroupConv2D(keras.layers.Conv2D):
       CONCATENATION and RESHAPE operators and leave every batch norm as a
       MUL. Gradients still flow (Keras compiles it with XLA on the CPU,
       where TensorFlow has no gradient for grouped convolutions). The price
-      is Keras inference time on the CPU: 1x g3 at 224x224 took 1.2-1.45x
-      the lowering's time per batch (batch 1 to 32), a small model at 96x96
-      about the same; converting right by default is worth it, and training
-      keeps its speed.
+      is Keras inference time on the CPU: 1.1-1.45x the lowering's time per
+      batch, measured side by side (1x g3 at 224x224 and 0.5x g3 at 96x96,
+      batch 1 to 64, runs on a shared machine). Converting right by default
+      is worth that, and training keeps its speed.
     * Eager calls (``model(x)`` outside a ``tf.function``) are never
       converted and use the lowering: Keras would compile an XLA function
       for the grouped convolution at every eager call.
