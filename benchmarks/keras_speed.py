@@ -117,10 +117,17 @@ def report(
     )
 
 
-class _BatchedMatmulGroupConv2D(PointwiseGroupConv2D):
+class _AlwaysLoweredGroupConv2D(PointwiseGroupConv2D):
+    """PointwiseGroupConv2D with its training lowering in inference too (as up to 0.1.0), to measure against."""
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return super().call(inputs, training=True)
+
+
+class _BatchedMatmulGroupConv2D(_AlwaysLoweredGroupConv2D):
     """The previous lowering, kept to measure against: one batched matmul between two transposes."""
 
-    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+    def grouped_matmul(self, inputs: Any, kernel: Any) -> Any:
         groups = self.groups
         in_per_group = inputs.shape[-1] // groups
         out_per_group = kernel.shape[-1] // groups
@@ -132,9 +139,11 @@ class _BatchedMatmulGroupConv2D(PointwiseGroupConv2D):
 
 
 # What the breakdown removes or swaps, one layer kind at a time. The first
-# rows are the lowerings before and after; the removals are costs, not models.
+# rows are the lowerings before and after (as built: the lowering in training,
+# the grouped convolution in inference); the removals are costs, not models.
 BREAKDOWN = {
     "as built (grouped 1x1 as PointwiseGroupConv2D)": lambda layer: None,
+    "grouped 1x1 lowered in inference too (0.1.0)": swap_layers(PointwiseGroupConv2D, _AlwaysLoweredGroupConv2D),
     "grouped 1x1 as one batched matmul between transposes (previous)": swap_layers(
         PointwiseGroupConv2D, _BatchedMatmulGroupConv2D
     ),
@@ -246,7 +255,7 @@ def breakdown_report(results: dict[str, Any], spec: ModelSpec = SHUFFLENET_1X_G3
             f"**Where {spec.label}'s Keras time goes.** Milliseconds per call (batch 1 and 32 inference, one "
             "training step at batch 32), median of interleaved rounds, and the change against the first row. One "
             "kind of layer is swapped or removed at a time (a removed layer passes its input through: those rows "
-            "are costs, not working models). Rows 2 and 3 are the lowerings this package replaced.",
+            "are costs, not working models). Rows 2 to 4 are the lowerings this package replaced.",
             markdown_table(["variant", *(f"{mode} (ms)" for mode in MODES)], rows),
         ]
     )

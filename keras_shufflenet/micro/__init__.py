@@ -15,7 +15,9 @@ Modules, one concept each:
 * :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,
   the layers TFLite should see, the ReLU move);
 * :mod:`~keras_shufflenet.micro.convert`: float and int8 conversion (in a
-  child process, ``convert_worker.py``, for the export);
+  child process, ``convert_worker.py``, for the export), and
+  :func:`~keras_shufflenet.micro.convert.deployment_model`, the graph it
+  converts, for your own ``tf.lite.TFLiteConverter`` settings;
 * :mod:`~keras_shufflenet.micro.flatbuffer`: reading ``.tflite`` files, and
   the table of the operators TFLM implements;
 * :mod:`~keras_shufflenet.micro.compact`: the TFLM-only copy of the flatbuffer;
@@ -47,6 +49,7 @@ _PUBLIC = {
     "TFLMError": "keras_shufflenet.micro.verify",
     "UnsupportedOpError": "keras_shufflenet.micro.flatbuffer",
     "VerificationError": "keras_shufflenet.micro.verify",
+    "deployment_model": "keras_shufflenet.micro.convert",
     "export": "keras_shufflenet.micro.export",
 }
 __all__ = sorted(_PUBLIC)

@@ -34,6 +34,37 @@ class ConversionCrashError(RuntimeError):
     """TensorFlow's converter killed its (child) process; the message names the model's layers and ops."""
 
 
+def deployment_model(model: Any) -> Any:
+    """The model that :func:`keras_shufflenet.micro.export` converts, for your own converter settings.
+
+    ``tf.lite.TFLiteConverter.from_keras_model(model)`` already converts a
+    ShuffleNet's grouped 1x1 convolutions to grouped CONV_2D operators with
+    the batch norms folded in. This copy also has what TFLite Micro wants:
+
+    * a static batch of 1 on every tensor (the standard path keeps the
+      Keras model's dynamic batch: shape signature ``[-1, H, W, C]``);
+    * the classifier as a 1x1 CONV_2D instead of FULLY_CONNECTED (for
+      per-channel int8 weights, TFLite Micro's FULLY_CONNECTED rounds 1 LSB
+      differently from TFLite's on some inputs);
+    * no standalone RELU after a stride-2 unit's concatenation (it moves
+      into the convolution before it).
+
+    Same weights, same outputs (within float rounding). Use it as
+    ``tf.lite.TFLiteConverter.from_keras_model(deployment_model(model))``.
+
+    Args:
+      model: A functional Keras model (Keras 3 or tf_keras) with one image
+        input of a static size.
+
+    Returns:
+      The copy, a Keras model with input shape ``(1, H, W, C)``.
+
+    Raises:
+      ValueError: If the model's input size is not static.
+    """
+    return static_batch_model(model)
+
+
 def _frozen_function(model: Any, move_relus: bool = True) -> Any:
     """The inference graph of ``model``'s export form at batch 1, variables folded into constants."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
