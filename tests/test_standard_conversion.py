@@ -16,7 +16,7 @@ from keras_shufflenet import ShuffleNet
 from keras_shufflenet.architecture import network_spec
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import PointwiseGroupConv2D
-from keras_shufflenet.micro import convert, deployment_model, flatbuffer
+from keras_shufflenet.micro import convert, deployment_model, flatbuffer, litert
 
 # 2x2 feature maps in stage 4: at 1x1 a static-batch Keras 3 graph squeezes the residual adds.
 INPUT_SHAPE = (64, 64, 3)
@@ -92,7 +92,7 @@ def grouped_layer_count(model):
 
 
 def run_tflite(tflite_model, images):
-    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    interpreter = litert.interpreter(tflite_model)
     outputs = []
     for image in images:
         interpreter.allocate_tensors()
