@@ -206,6 +206,7 @@ def test_lut_storage_of_a_tensor_with_too_many_values_is_refused():
         ({"layer_clusters": ["stage4", 4]}, {}, "must map layer-name prefixes"),
         ({"clusters": 8, "layer_clusters": {"stage4": 64}, "index_bits": 4}, {}, "`clusters`=64 does not fit"),
         ({"store": "zip"}, {}, "`store` must be one of"),
+        ({"clusters": 16, "learning_rate": 0.0}, {}, "`learning_rate` of clustering must be a positive number"),
         ({"bits": 4}, {}, "unknown keys"),
         ("lut", {}, "must be a keras_shufflenet.micro.Compression"),
         ({"store": "lut"}, {}, "cannot store layer"),

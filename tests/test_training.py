@@ -228,6 +228,10 @@ def test_clustering_flags_become_the_exports_compression_and_need_tfmot() -> Non
     micro_config = training.TrainConfig.from_flat(flags).micro
     assert micro_config.compression == Compression(clusters=16, layer_clusters={"stage4": 4})
     assert micro_config.needs_tfmot
+    tuned = training.TrainConfig.from_flat({**flags, "cluster_epochs": 4, "cluster_learning_rate": 3e-4}).micro
+    assert tuned.compression == Compression(clusters=16, layer_clusters={"stage4": 4}, epochs=4, learning_rate=3e-4)
+    with pytest.raises(training.ConfigError, match="cluster_learning_rate"):
+        training.TrainConfig.from_flat({**flags, "cluster_learning_rate": 0})
     with pytest.raises(training.ConfigError, match="layer_clusters"):
         training.TrainConfig.from_flat({**flags, "layer_clusters": "stage4=4"})
 

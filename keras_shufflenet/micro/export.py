@@ -159,6 +159,7 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             train_data,
             settings.clusters,
             settings.epochs,
+            learning_rate=settings.learning_rate,
             per_channel=settings.per_channel,
             preserve_sparsity=options.pruning,
             layer_clusters=settings.layer_clusters,
@@ -169,9 +170,14 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             "layer_clusters": settings.layer_clusters,
             "per_channel": settings.per_channel,
             "epochs": settings.epochs,
+            "learning_rate": settings.learning_rate,
             "distinct": compression.distinct_weights(float_model, settings.per_channel),
         }
-        timer.lap("cluster", f"{settings.clusters} shared values per kernel, {settings.epochs} fine-tuning epoch(s)")
+        timer.lap(
+            "cluster",
+            f"{settings.clusters} shared values per kernel, {settings.epochs} fine-tuning epoch(s) at learning rate "
+            f"{settings.learning_rate:g}",
+        )
     sparsity = compression.weight_sparsity(float_model)
     sparsity.update(target=options.prune_sparsity, note=compression.PRUNING_ON_TFLM)
     quant_model = float_model

@@ -244,7 +244,9 @@ def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
         lines += [
             f"Clustered to {clustering['clusters']} values per {unit}"
             + "".join(f", {n} in {prefix}*" for prefix, n in (clustering.get("layer_clusters") or {}).items())
-            + f" ({clustering['epochs']} fine-tuning epochs, "
+            + f" ({clustering['epochs']} fine-tuning epochs"
+            + (f" at learning rate {clustering['learning_rate']:g}" if "learning_rate" in clustering else "")
+            + ", "
             f"batch norms folded first); at most {clustering['distinct']['max']} distinct float weights per {unit}.",
             "",
         ]

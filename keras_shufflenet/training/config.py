@@ -199,6 +199,9 @@ class MicroExportConfig:
         False, "Cluster each output channel on its own (for per-channel weights; one LUT table per channel)."
     )
     cluster_epochs: int = option(2, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
+    cluster_learning_rate: float = option(
+        1e-4, "Adam learning rate of the clustering fine-tune (cosine decay to 0).", interval="(0, inf)"
+    )
     weight_storage: str = option(
         "auto",
         "How the board's model stores weights (decoded by TFLM's DECODE): auto = per tensor the smallest of "
@@ -249,6 +252,7 @@ class MicroExportConfig:
             clusters=self.clusters,
             per_channel=self.cluster_per_channel,
             epochs=self.cluster_epochs,
+            learning_rate=self.cluster_learning_rate,
             store=self.weight_storage,
             index_bits=self.index_bits or None,
             layer_clusters=parse_layer_clusters(self.layer_clusters),
