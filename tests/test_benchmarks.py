@@ -165,16 +165,19 @@ def test_compression_report_compares_each_export_with_dense():
 
 
 def test_demo_accuracy_is_judged_on_every_run_of_the_demo_configuration():
-    from benchmarks.compression import DEMO_LABEL, _runs, demo_accuracy
+    from benchmarks.compression import DEMO_LABEL, _runs, demo_accuracy, is_demo_run
 
     runs = [label for label, _ in _runs(imagenet=False, repeats=3)]
     assert runs.count(DEMO_LABEL) == 1 and f"{DEMO_LABEL} (run 3)" in runs and len(runs) == len(set(runs))
     assert all(DEMO_LABEL not in label for label, _ in _runs(imagenet=True, repeats=3))
+    # Independent runs: each with its own seed.
+    assert [s.get("seed") for label, s in _runs(False, 3) if is_demo_run(label)] == [1, 2, 3]
 
     def row(label, flash, int8):
         return {"label": label, "flash_bytes": flash, "float_top1": 0.978, "int8_top1": int8}
 
     rows = [row("dense", 305_808, 0.98), row("clustered 8", 150_320, 0.9), row(DEMO_LABEL, 144_000, 0.972)]
+    rows.insert(2, row(f"{DEMO_LABEL}, 2 epochs at 1e-4", 142_000, 0.95))  # Other settings: not a demo run.
     rows.append(row(f"{DEMO_LABEL} (run 2)", 143_616, 0.977))
     text = demo_accuracy(rows)
     assert "2 run(s)" in text and "+0.6, +0.1 points (mean +0.35, worst +0.6)" in text
@@ -205,3 +208,15 @@ def test_npu_report_sums_velas_per_op_cycles_to_its_totals_and_compares_per_mac(
     for accelerator, vela in probe["vela"].items():
         assert "Add" not in vela["by_op"]
         assert f"{vela['cycles']:,} cycles on {accelerator}" in npu.to_markdown(results)
+
+
+def test_rows_are_reused_from_a_json_list_or_from_a_log(tmp_path):
+    import json
+
+    from benchmarks.compression import read_rows
+
+    rows = [{"label": "dense", "flash_bytes": 1}, {"label": "pruned 30 %", "flash_bytes": 2}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    log = "INFO: noise\n" + "\n".join(json.dumps(r) for r in rows) + "\n{not a row\n"
+    (tmp_path / "bench.log").write_text(log)
+    assert read_rows(str(tmp_path / "rows.json")) == rows == read_rows(str(tmp_path / "bench.log"))
