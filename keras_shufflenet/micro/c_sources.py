@@ -108,8 +108,9 @@ def model_settings_sources(
     header = (
         f"{_HEADER_NOTE}#ifndef {guard}\n#define {guard}\n\n"
         "// Values come from the trained model and its int8 conversion.\n\n"
-        "// Input image, int8, channels last. A float pixel x (preprocessed to [-1, 1]\n"
-        "// like in training) is fed as round(x / kInputScale) + kInputZeroPoint.\n"
+        "// Input image, int8, channels last. A float pixel x, preprocessed as in training\n"
+        "// ([-1, 1]; BGR 0..255 for convention='official' models), is fed as\n"
+        "// round(x / kInputScale) + kInputZeroPoint.\n"
         f"constexpr int kNumRows = {rows};\n"
         f"constexpr int kNumCols = {cols};\n"
         f"constexpr int kNumChannels = {channels};\n"
