@@ -53,14 +53,12 @@ test: lint
 
 # The board's model stores its weights compressed, decoded by TFLM's DECODE
 # operator: kernels clustered to 16 shared values (4 in stage 4, which holds
-# two thirds of the weights) after folding batch norms, fine-tuned 4 epochs at
-# 3e-4 (which recovered the trained accuracy where 2 at 1e-4 did not),
-# quantized per tensor and stored as LUT indices. See docs/compression.md for the measurements
+# two thirds of the weights) after folding batch norms, quantized per tensor
+# and stored as LUT indices. See docs/compression.md for the measurements
 # (flash, accuracy, arena, instructions) of this and the other choices.
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
-		--quantize=ptq --weight_quantization=per_tensor --clusters=16 --layer_clusters=stage4:4 \
-		--cluster_epochs=4 --cluster_learning_rate=3e-4
+		--quantize=ptq --weight_quantization=per_tensor --clusters=16 --layer_clusters=stage4:4
 
 # Writes RUN_DIR/firmware/<target>_<kernels>/result.json (and the ELF, its
 # linker map and the output), and the firmware section of RUN_DIR/report.md.

@@ -80,9 +80,8 @@ class Compression:
         per-channel tables cost about as much as they save).
       epochs: Fine-tuning epochs of clustering, ``>= 1``. Defaults to `2`.
       learning_rate: Adam learning rate of that fine-tune, decayed to 0 on a
-        cosine. Defaults to `1e-4`. (On the quickstart, 4 epochs at 3e-4
-        recovered the trained model's float accuracy where 2 at 1e-4 lost
-        0.4 points and 2 at 1e-3 lost 1.4; see docs/compression.md.)
+        cosine. Defaults to `1e-4` (on the quickstart, 4 epochs at 3e-4
+        did no better over three seeds; see docs/compression.md).
       store: How the weights are stored in the flatbuffer, decoded by TFLM's
         DECODE operator: ``"auto"`` (per tensor the smallest of LUT, pruned
         and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
