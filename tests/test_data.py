@@ -85,6 +85,21 @@ def test_eval_pipeline_resizes_converts_channels_and_preprocesses(mnist5k: data.
     np.testing.assert_array_equal(images[..., 0].numpy(), images[..., 2].numpy())  # Gray copied to RGB.
 
 
+def test_a_quiet_console_prepares_a_dataset_in_two_lines(tmp_path: os.PathLike, monkeypatch, capfd) -> None:
+    from keras_shufflenet import console
+
+    monkeypatch.setenv(console.QUIET_ENV, "1")
+    source = data.load_source("mnist5k", data_dir=str(tmp_path))
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Preparing the dataset mnist5k in ") and str(tmp_path) in lines[0]
+    assert lines[1].startswith("Prepared the dataset mnist5k (") and lines[1].endswith(" s)")
+    assert "Downloading" not in out + err and "examples/s" not in err  # TFDS's message and progress bars
+    assert source.num_train == 4000
+    data.load_source("mnist5k", data_dir=str(tmp_path))  # Prepared: nothing more to say.
+    assert capfd.readouterr().out == ""
+
+
 def test_train_pipeline_shifts_within_the_pad_and_is_seeded() -> None:
     image = np.zeros((32, 32, 1), np.uint8)
     image[10:20, 12:18, 0] = np.arange(60, dtype=np.uint8).reshape(10, 6) + 100  # A unique pattern.
