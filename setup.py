@@ -7,7 +7,13 @@ EXTRAS = {
     "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
     # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro); LiteRT runs .tflite
     # models (TensorFlow's tf.lite.Interpreter is deprecated), TensorFlow's converter writes them.
-    "micro": ["tensorflow-model-optimization==0.8.1", "tf-keras==2.21.0", "tflite-micro", "ai-edge-litert==2.3.0"],
+    # tflite-micro is published as nightlies only; the compression tools used here change between them.
+    "micro": [
+        "tensorflow-model-optimization==0.8.1",
+        "tf-keras==2.21.0",
+        "tflite-micro==0.dev20261023182759",
+        "ai-edge-litert==2.3.0",
+    ],
     # The Arm Ethos-U NPU target (micro.export(npu=...)): Arm's Vela compiler.
     "npu": ["ethos-u-vela==5.2.0"],
     # Reading official checkpoints with PyTorch instead of the built-in reader (optional; see
