@@ -520,3 +520,32 @@ def test_pruned_export_trains_in_keras_3_and_prunes_in_keras_2(tmp_path: os.Path
     assert any(s.startswith("  export: verify in TFLM: ") and "bit-identical" in s for s in stages)
     for noise in ("cuInit", "cudart_stub", "absl::InitializeLog", "Sharding callback", "XNNPACK", "I0000"):
         assert noise not in result.stderr + result.stdout
+
+
+def test_the_run_summary_shows_the_int8_drop_from_the_trained_model_and_sparsity_only_when_pruned() -> None:
+    from keras_shufflenet.export_job import micro_summary
+
+    report = {
+        "float_top1": 0.974,
+        "int8_top1": 0.973,
+        "accuracy": {"float_top1_before_clustering": 0.978},
+        "flash_bytes": 142_672,
+        "arena_bytes": 114_128,
+        "weight_storage": {},
+        "tflm_bit_exact": {"bit_exact": True, "samples": 100},
+        "sparsity": {"target": 0.0, "prunable_overall": 0.0},
+    }
+    lines = micro_summary(report, "runs/quickstart").splitlines()
+    assert lines[1] == (
+        "  top-1: trained float 97.80 %, clustered float 97.40 %, int8 in TFLite Micro 97.30 % (-0.50 points)"
+    )
+    assert not any("sparsity" in line for line in lines)
+    pruned = dict(report, accuracy={"float_top1_before_pruning": 0.98, "float_top1_before_clustering": 0.975})
+    pruned["sparsity"] = {"target": 0.5, "prunable_overall": 0.5}
+    lines = micro_summary(pruned, "runs/quickstart").splitlines()
+    assert "trained float 98.00 %, pruned and clustered float 97.40 %" in lines[1] and lines[1].endswith(
+        "(-0.70 points)"
+    )
+    assert "  sparsity of pruned kernels: 50.00 %" in lines
+    plain = dict(report, accuracy={})
+    assert micro_summary(plain, "r").splitlines()[1] == "  top-1: float 97.40 %, int8 in TFLite Micro 97.30 %"
