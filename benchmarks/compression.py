@@ -315,9 +315,14 @@ def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path
         "64-bit host, with its change from the same model stored dense (decoded weights need RAM). "
         "*instructions* are x86 instructions of one TFLM `Invoke()` (callgrind, reference kernels), *of which "
         "DECODE* the decoding, and *vs dense* divides by the same model stored dense. Every compressed model's "
-        "TFLM outputs equal the dense model's bit for bit on every eval sample. *float top-1* is the model as "
-        "exported: after pruning or clustering (the dense row: the trained model). *stored as*: weight tensors per "
-        "encoding. The dashed line of the plot is half the dense quickstart's flash.",
+        "TFLM outputs equal the dense model's bit for bit on every eval sample. "
+        + (
+            "*float top-1* is the model as exported: after pruning or clustering (the dense row: the trained model). "
+            if accuracy
+            else "The model is untrained (random weights and data): no accuracy. "
+        )
+        + "*stored as*: weight tensors per encoding."
+        + (" The dashed line of the plot is half the dense quickstart's flash." if plot_path and accuracy else ""),
         "",
         "Pruning: magnitude pruning of conv and dense kernels, 2 fine-tuning epochs. Clustering: batch norms "
         "folded into the convolutions, then tfmot's k-means++ clusters per kernel, 2 fine-tuning epochs, weights "
