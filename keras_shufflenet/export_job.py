@@ -127,39 +127,42 @@ def _storage_line(storage: dict[str, Any]) -> str:
 
 def micro_summary(report: dict[str, Any], output_dir: str) -> str:
     """A few lines on a micro export report, for the end of a run."""
-
-    def pct(value: Any) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f} %"
-
     exact = report.get("tflm_bit_exact", {})
     sparsity = report.get("sparsity", {})
-    pruned = bool(sparsity.get("target")) or bool(sparsity.get("prunable_overall"))
     return "\n".join(
         [
             f"Microcontroller export in {output_dir}:",
-            _accuracy_line(report, pct),
+            _accuracy_line(report),
             f"  flash: {report['flash_bytes']:,} bytes (model); tensor arena: {report['arena_bytes']:,} bytes",
             _storage_line(report.get("weight_storage", {})),
             f"  TFLM vs TFLite reference kernels: {'bit-identical' if exact.get('bit_exact') else 'DIFFERENT'}"
             f" on {exact.get('samples', 0)} samples",
-            *([f"  sparsity of pruned kernels: {pct(sparsity.get('prunable_overall'))}"] if pruned else []),
+            *(
+                [f"  sparsity of pruned kernels: {_pct(sparsity.get('prunable_overall'))}"]
+                if sparsity.get("target")
+                else []
+            ),
             f"  firmware files: {os.path.join(output_dir, run_dir.FIRMWARE_DIR)}/",
             *_npu_lines(report.get("npu"), output_dir),
         ]
     )
 
 
-def _accuracy_line(report: dict[str, Any], pct: Any) -> str:
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _accuracy_line(report: dict[str, Any]) -> str:
     """Float and int8 top-1; after pruning or clustering, also the trained model's and the int8 drop from it."""
     int8, accuracy = report.get("int8_top1"), report.get("accuracy") or {}
     steps = [step for step in ("pruning", "clustering") if accuracy.get(f"float_top1_before_{step}") is not None]
     if not steps or int8 is None:
-        return f"  top-1: float {pct(report.get('float_top1'))}, int8 in TFLite Micro {pct(int8)}"
+        return f"  top-1: float {_pct(report.get('float_top1'))}, int8 in TFLite Micro {_pct(int8)}"
     trained = accuracy[f"float_top1_before_{steps[0]}"]
     done = " and ".join({"pruning": "pruned", "clustering": "clustered"}[step] for step in steps)
     return (
-        f"  top-1: trained float {pct(trained)}, {done} float {pct(report.get('float_top1'))}, "
-        f"int8 in TFLite Micro {pct(int8)} ({100 * (int8 - trained):+.2f} points)"
+        f"  top-1: trained float {_pct(trained)}, {done} float {_pct(report.get('float_top1'))}, "
+        f"int8 in TFLite Micro {_pct(int8)} ({100 * (int8 - trained):+.2f} points)"
     )
 
 

@@ -234,6 +234,16 @@ def clusters_for(name: str, clusters: int, layer_clusters: Mapping[str, int] | N
     return layer_clusters[max(matches, key=len)] if matches else clusters
 
 
+def describe_clusters(clusters: int, layer_clusters: Mapping[str, int] | None, per_channel: bool) -> str:
+    """The cluster counts as the export's progress line and ``report.md`` give them.
+
+    E.g. ``"16 values per kernel, 4 in stage4*"``.
+    """
+    unit = "output channel" if per_channel else "kernel"
+    per_layer = "".join(f", {count} in {prefix}*" for prefix, count in (layer_clusters or {}).items())
+    return f"{clusters} values per {unit}{per_layer}"
+
+
 def distinct_weights(model: Any, per_channel: bool) -> dict[str, Any]:
     """Most distinct values per kernel (or per output channel) of each conv and dense layer, and the largest.
 

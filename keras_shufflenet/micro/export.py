@@ -173,10 +173,9 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             "learning_rate": settings.learning_rate,
             "distinct": compression.distinct_weights(float_model, settings.per_channel),
         }
-        per_layer = "".join(f", {count} in {prefix}*" for prefix, count in (settings.layer_clusters or {}).items())
         timer.lap(
             "cluster",
-            f"{settings.clusters} shared values per {'channel' if settings.per_channel else 'kernel'}{per_layer}, "
+            f"{compression.describe_clusters(settings.clusters, settings.layer_clusters, settings.per_channel)}, "
             f"{settings.epochs} fine-tuning epoch(s) at learning rate {settings.learning_rate:g}",
         )
     sparsity = compression.weight_sparsity(float_model)

@@ -11,6 +11,7 @@ from typing import Any
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
 from keras_shufflenet.micro import flatbuffer, npu
+from keras_shufflenet.micro.compression import describe_clusters
 
 _COMPACT_NOTE = (
     "TFLM-only flatbuffer: single zero point for symmetric per-channel weights, no bias "
@@ -242,8 +243,8 @@ def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
     if clustering:
         unit = "output channel" if clustering["per_channel"] else "kernel"
         lines += [
-            f"Clustered to {clustering['clusters']} values per {unit}"
-            + "".join(f", {n} in {prefix}*" for prefix, n in (clustering.get("layer_clusters") or {}).items())
+            "Clustered to "
+            + describe_clusters(clustering["clusters"], clustering.get("layer_clusters"), clustering["per_channel"])
             + f" ({clustering['epochs']} fine-tuning epochs"
             + (f" at learning rate {clustering['learning_rate']:g}" if "learning_rate" in clustering else "")
             + ", "
