@@ -253,6 +253,16 @@ def test_clustering_a_keras3_model_explains_tf_keras(tmp_path):
         )
 
 
+def test_the_clustering_fine_tune_decays_its_learning_rate_to_zero_on_a_cosine():
+    from keras_shufflenet.micro import compression
+
+    schedule = compression.finetuning_learning_rate(2e-4, total_steps=250, cosine_decay=True)
+    rates = [float(schedule(step)) for step in (0, 125, 250)]
+    np.testing.assert_allclose(rates, [2e-4, 1e-4, 0.0], atol=1e-9)
+    assert compression.finetuning_learning_rate(2e-4, total_steps=250) == 2e-4  # Pruning and QAT: constant.
+    assert Compression().learning_rate == TrainConfig().micro.cluster_learning_rate == 2e-4
+
+
 @pytest.mark.slow
 @pytest.mark.legacy_keras
 def test_clustered_export_stores_luts_decoded_bit_identical_in_tflm(tmp_path, rng):

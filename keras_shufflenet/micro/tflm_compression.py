@@ -79,9 +79,9 @@ class Compression:
         (ShuffleNet's grouped 1x1 convs have few weights per channel, so
         per-channel tables cost about as much as they save).
       epochs: Fine-tuning epochs of clustering, ``>= 1``. Defaults to `2`.
-      learning_rate: Adam learning rate of that fine-tune, decayed to 0 on a
-        cosine. Defaults to `1e-4` (on the quickstart, 4 epochs at 3e-4
-        did no better over three seeds; see docs/compression.md).
+      learning_rate: Adam learning rate at the start of that fine-tune,
+        decayed to 0 on a cosine. Defaults to `2e-4` (the quickstart's
+        measurements over seeds are in docs/compression.md).
       store: How the weights are stored in the flatbuffer, decoded by TFLM's
         DECODE operator: ``"auto"`` (per tensor the smallest of LUT, pruned
         and dense; dense wherever nothing is smaller), ``"lut"`` (every conv
@@ -100,7 +100,7 @@ class Compression:
     clusters: int = 0
     per_channel: bool = False
     epochs: int = 2
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     store: str = "auto"
     index_bits: int | None = None
     layer_clusters: dict[str, int] | None = None

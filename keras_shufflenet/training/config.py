@@ -200,7 +200,7 @@ class MicroExportConfig:
     )
     cluster_epochs: int = option(2, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
     cluster_learning_rate: float = option(
-        1e-4, "Adam learning rate of the clustering fine-tune (cosine decay to 0).", interval="(0, inf)"
+        2e-4, "Adam learning rate of the clustering fine-tune (cosine decay to 0).", interval="(0, inf)"
     )
     weight_storage: str = option(
         "auto",
