@@ -393,11 +393,15 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
             [r["flash_bytes"] / 1e3 for r in points], [100 * r["int8_top1"] for r in points], marker=marker, label=label
         )
     for r in rows:
+        if "(seed " in r["label"]:
+            continue  # The demo's seeded repeats: points without a label of their own, around the demo's.
+        by_stage = "," in r["label"]  # Labelled below and to the left, clear of the uniform counts' labels.
         axis.annotate(
             r["label"].replace("pruned ", "p").replace("clustered ", "c"),
             (r["flash_bytes"] / 1e3, 100 * r["int8_top1"]),
-            xytext=(4, 3),
+            xytext=(-4, -10) if by_stage else (4, 3),
             textcoords="offset points",
+            horizontalalignment="right" if by_stage else "left",
             fontsize=7,
         )
     axis.axvline(DENSE_QUICKSTART_BYTES / 2e3, color="grey", linestyle="--", linewidth=0.8)
