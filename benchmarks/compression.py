@@ -273,6 +273,8 @@ def _pct(value: float | None) -> str:
 
 def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path: str | None = None) -> str:
     """The markdown page (and the flash-against-accuracy plot, when ``plot_path`` is given)."""
+    from keras_shufflenet.micro.tflm_compression import Compression
+
     dense = rows[0]
     header = [
         "export",
@@ -323,7 +325,8 @@ def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path
         "",
         "Pruning: magnitude pruning of conv and dense kernels, 2 fine-tuning epochs. Clustering: batch norms "
         "folded into the convolutions, then tfmot's k-means++ clusters per kernel, 2 fine-tuning epochs (Adam "
-        "from 2e-4 to 0 on a cosine), weights quantized per tensor (one LUT table per tensor).",
+        f"from {Compression.learning_rate:g} to 0 on a cosine, unless a row says otherwise), weights quantized per "
+        "tensor (one LUT table per tensor).",
         "",
         markdown_table(header, table),
         "",

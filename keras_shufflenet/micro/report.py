@@ -246,7 +246,11 @@ def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
             "Clustered to "
             + describe_clusters(clustering["clusters"], clustering.get("layer_clusters"), clustering["per_channel"])
             + f" ({clustering['epochs']} fine-tuning epochs"
-            + (f" at learning rate {clustering['learning_rate']:g}" if "learning_rate" in clustering else "")
+            + (
+                f", learning rate {clustering['learning_rate']:g} decayed to 0 on a cosine"
+                if "learning_rate" in clustering
+                else ""
+            )
             + ", "
             f"batch norms folded first); at most {clustering['distinct']['max']} distinct float weights per {unit}.",
             "",
