@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import ChannelShuffle
+from keras_shufflenet.micro.tflm_compression import Compression
 
 PRUNING_ON_TFLM = (
     "TFLite Micro has no sparse kernels: zero weights save no RAM or inference time. They save flash where the "
@@ -169,7 +170,7 @@ def cluster(
     epochs: int,
     per_channel: bool = False,
     preserve_sparsity: bool = False,
-    learning_rate: float = 2e-4,
+    learning_rate: float = Compression.learning_rate,
     centroid_init: str = "kmeans_plus_plus",
     layer_clusters: Mapping[str, int] | None = None,
     verbose: int = 0,
@@ -256,6 +257,11 @@ def describe_clusters(clusters: int, layer_clusters: Mapping[str, int] | None, p
     unit = "output channel" if per_channel else "kernel"
     per_layer = "".join(f", {count} in {prefix}*" for prefix, count in (layer_clusters or {}).items())
     return f"{clusters} values per {unit}{per_layer}"
+
+
+def describe_finetune(epochs: int, learning_rate: float) -> str:
+    """The clustering fine-tune as the export's progress line and ``report.md`` give it."""
+    return f"{epochs} fine-tuning epoch(s), learning rate {learning_rate:g} decayed to 0 on a cosine"
 
 
 def distinct_weights(model: Any, per_channel: bool) -> dict[str, Any]:

@@ -176,8 +176,7 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
         timer.lap(
             "cluster",
             f"{compression.describe_clusters(settings.clusters, settings.layer_clusters, settings.per_channel)}, "
-            f"{settings.epochs} fine-tuning epoch(s), learning rate {settings.learning_rate:g} decayed to 0 "
-            "on a cosine",
+            f"{compression.describe_finetune(settings.epochs, settings.learning_rate)}",
         )
     sparsity = compression.weight_sparsity(float_model)
     sparsity.update(target=options.prune_sparsity, note=compression.PRUNING_ON_TFLM)

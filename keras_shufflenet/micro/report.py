@@ -11,7 +11,7 @@ from typing import Any
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
 from keras_shufflenet.micro import flatbuffer, npu
-from keras_shufflenet.micro.compression import describe_clusters
+from keras_shufflenet.micro.compression import describe_clusters, describe_finetune
 
 _COMPACT_NOTE = (
     "TFLM-only flatbuffer: single zero point for symmetric per-channel weights, no bias "
@@ -245,13 +245,7 @@ def _weight_storage_markdown(report: dict[str, Any]) -> list[str]:
         lines += [
             "Clustered to "
             + describe_clusters(clustering["clusters"], clustering.get("layer_clusters"), clustering["per_channel"])
-            + f" ({clustering['epochs']} fine-tuning epochs"
-            + (
-                f", learning rate {clustering['learning_rate']:g} decayed to 0 on a cosine"
-                if "learning_rate" in clustering
-                else ""
-            )
-            + ", "
+            + f" ({describe_finetune(clustering['epochs'], clustering['learning_rate'])}, "
             f"batch norms folded first); at most {clustering['distinct']['max']} distinct float weights per {unit}.",
             "",
         ]

@@ -198,9 +198,11 @@ class MicroExportConfig:
     cluster_per_channel: bool = option(
         False, "Cluster each output channel on its own (for per-channel weights; one LUT table per channel)."
     )
-    cluster_epochs: int = option(2, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
+    cluster_epochs: int = option(Compression.epochs, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
     cluster_learning_rate: float = option(
-        2e-4, "Adam learning rate of the clustering fine-tune (cosine decay to 0).", interval="(0, inf)"
+        Compression.learning_rate,
+        "Adam learning rate of the clustering fine-tune (cosine decay to 0).",
+        interval="(0, inf)",
     )
     weight_storage: str = option(
         "auto",
