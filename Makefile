@@ -4,8 +4,10 @@
 #               to int8, store the weights compressed, verify in TensorFlow
 #               Lite Micro, write the firmware files to runs/quickstart/ and
 #               print a summary
-#   make test   install into .venv and pass lint and the tests (Keras 3, then
-#               Keras 2 / tf_keras, which tensorflow-model-optimization needs)
+#   make test   install into .venv and pass lint and the default tier of the
+#               tests (Keras 3, then what differs under Keras 2 / tf_keras)
+#   make test-all  both tiers: also the end-to-end tests of every core and
+#               kernel set and the long exports (CI runs it)
 #   make firmware  build tflm/ with an export's files for a core, run it (qemu
 #               for Cortex-M), check it against the host and measure it:
 #               make firmware RUN_DIR=runs/quickstart TARGET=cortex-m4 KERNELS=cmsis_nn
@@ -25,7 +27,7 @@ RUN_DIR ?= $(DEMO_DIR)
 TARGET ?= cortex-m4
 KERNELS ?= cmsis_nn
 
-.PHONY: demo test lint format firmware bench zoo install clean
+.PHONY: demo test test-rest test-all lint format firmware bench zoo install clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,13 +45,27 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Every test under Keras 3, then the fast ones and the legacy_keras ones (tfmot)
-# again under Keras 2 (tf_keras):
-# the package supports both, and the tests marked legacy_keras (tfmot) only
-# run there.
+# Two tiers, each under Keras 3 and then under Keras 2 (tf_keras), which
+# tensorflow-model-optimization needs (tests marked legacy_keras only run there):
+# - `make test`, the default tier: every unit test and one end-to-end path per
+#   capability (train -> export -> TFLM, firmware on a Cortex-M4, weights, NPU)
+#   under Keras 3; under tf_keras only what differs there (tfmot, the layers,
+#   the builder, serialization: markers legacy_keras and dual_keras).
+# - `make test-rest`: the rest (marker slow: every core and kernel set, the long
+#   exports), and the remaining unit tests under tf_keras. `make test-all` runs both.
+# A trained quickstart model and its exports are cached between the runs (tests/quickstart_fixture.py).
+KERAS2 := TF_USE_LEGACY_KERAS=1
+PYTEST := $(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
+
 test: lint
-	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS) tests
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -ra --durations=15 -m "not slow or legacy_keras" $(PYTEST_ARGS) tests
+	$(PYTEST) -m "not slow" tests
+	$(KERAS2) $(PYTEST) -m "not slow and (legacy_keras or dual_keras)" tests
+
+test-rest: $(STAMP)
+	$(PYTEST) -m "slow" tests
+	$(KERAS2) $(PYTEST) -m "(slow and legacy_keras) or not (slow or legacy_keras or dual_keras)" tests
+
+test-all: test test-rest
 
 # The board's model stores its weights compressed, decoded by TFLM's DECODE
 # operator: kernels clustered to 16 shared values (4 in stage 4, which holds

@@ -14,14 +14,11 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
-import tensorflow as tf
+import quickstart_fixture
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
-from keras_shufflenet import ShuffleNet, preprocess_input
-from keras_shufflenet.datasets import mnist5k
-from keras_shufflenet.micro import c_sources, export, firmware, instruction_count, tflm_app
+from keras_shufflenet.micro import c_sources, firmware, instruction_count, tflm_app
 
 TREE = firmware.default_tflm_tree()
 needs_tree = pytest.mark.skipif(
@@ -32,63 +29,20 @@ needs_arm = pytest.mark.skipif(
     reason="needs arm-none-eabi-g++ and qemu-arm (installed by .ci/run)",
 )
 
-INPUT_SIZE = 56
-
-
-def _digits(indices: np.ndarray, images: np.ndarray) -> np.ndarray:
-    resized = tf.image.resize(images[indices].astype("float32"), (INPUT_SIZE, INPUT_SIZE)).numpy()
-    return preprocess_input(resized)
-
-
-def _export(model, calibration, evaluation, run_dir):
-    """Exports as `make demo` does, with 320 calibration images and the eval digits."""
-    return export(
-        model,
-        [calibration[i : i + 32] for i in range(0, 320, 32)],
-        str(run_dir),
-        name="quickstart",
-        eval_data=tf.data.Dataset.from_tensor_slices(evaluation).batch(50),
-        labels=[str(i) for i in range(10)],
-    )
-
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
-    """The demo's model, trained for 2 epochs on the embedded digits, exported as `make demo` does."""
-    images, labels = mnist5k.read_csv()
-    split = mnist5k.split_indices(labels)
-    train_x, train_y = _digits(split["train"], images), labels[split["train"]]
-    # Every fifth test image: the splits are sorted by digit.
-    eval_x, eval_y = _digits(split["test"][::5], images), labels[split["test"][::5]]
-    calibration = train_x[np.random.default_rng(0).permutation(len(train_x))[:320]]
-    tf.keras.utils.set_random_seed(0)
-    model = ShuffleNet(input_shape=(INPUT_SIZE, INPUT_SIZE, 1), classes=10, groups=3, scale_factor=0.5)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
-    model.fit(train_x, train_y, batch_size=32, epochs=2, verbose=0)
-    run_dir = tmp_path_factory.mktemp("quickstart")
-    report = _export(model, calibration, (eval_x, eval_y), run_dir)
-    return {"dir": run_dir, "report": report, "model": model, "calibration": calibration, "eval": (eval_x, eval_y)}
-
-
-def _sparse_and_shared(kernel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """60 % zeros and 4 shared values per kernel: what pruning and clustering leave, made by hand."""
-    centroids = np.quantile(kernel, [0.05, 0.35, 0.65, 0.95])
-    shared = centroids[np.abs(kernel[..., None] - centroids).argmin(-1)]
-    return np.where(rng.random(kernel.shape) < 0.6, 0.0, shared).astype(np.float32)
+    """The demo's model, trained for 2 epochs on the embedded digits, exported as `make demo` does (cached)."""
+    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    report = quickstart_fixture.copy_export("dense", str(run_dir))
+    return {"dir": run_dir, "report": report}
 
 
 @pytest.fixture(scope="module")
-def compressed_run(quickstart_run, tmp_path_factory):
-    """The quickstart with pruned, shared-value conv kernels: its board model stores them compressed."""
-    model = tf.keras.models.clone_model(quickstart_run["model"])
-    model.set_weights(quickstart_run["model"].get_weights())
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if type(layer).__name__ in ("Conv2D", "PointwiseGroupConv2D") and layer.kernel.shape[-2] > 1:
-            weights = layer.get_weights()
-            layer.set_weights([_sparse_and_shared(weights[0], rng), *weights[1:]])
-    run_dir = tmp_path_factory.mktemp("compressed")
-    report = _export(model, quickstart_run["calibration"], quickstart_run["eval"], run_dir)
+def compressed_run(tmp_path_factory):
+    """The quickstart with pruned, shared-value conv kernels: its board model stores them compressed (cached)."""
+    run_dir = tmp_path_factory.mktemp("compressed") / "run"
+    report = quickstart_fixture.copy_export("compressed", str(run_dir))
     return {"dir": run_dir, "report": report}
 
 
