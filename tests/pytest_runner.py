@@ -2,7 +2,8 @@
 
 Usage: pytest_runner.py --tier={fast,slow} tests/test_x.py [pytest args...]
 
-`fast` selects the tests not marked `slow`, `slow` the others. Tests marked
+`fast` selects the unit tests (neither `slow` nor `e2e`), `slow` the end-to-end
+tests (`make test` runs the `e2e` ones, `make test-rest` the `slow` ones). Tests marked
 `legacy_keras` run in a second pytest process with TF_USE_LEGACY_KERAS=1,
 because that variable only takes effect before TensorFlow is first imported.
 """
@@ -41,7 +42,7 @@ def main():
     parser.add_argument("test_file")
     args, extra = parser.parse_known_args()
 
-    tier = "not slow" if args.tier == "fast" else "slow"
+    tier = "not (slow or e2e)" if args.tier == "fast" else "slow or e2e"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     tmp = os.environ.get("TEST_TMPDIR")
     if tmp:

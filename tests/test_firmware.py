@@ -12,7 +12,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import quickstart_fixture
@@ -103,7 +107,7 @@ def test_cortex_m4_reference_kernels_are_bit_identical_and_measured(quickstart_r
     assert "Tag_ABI_VFP_args: VFP registers" in attributes  # hard float, as boards with an FPU are built
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # The firmware's end-to-end path in the default tier: the default core and kernels.
 @needs_tree
 @needs_arm
 def test_cortex_m4_cmsis_nn_matches_the_host_and_counts_instructions_per_op(quickstart_run):
@@ -164,6 +168,114 @@ def test_record_in_run_sizes_the_32bit_arena_and_reports_every_result(quickstart
     # A Cortex-M build with the rewritten size still runs.
     rebuilt = _measure(quickstart_run, "cortex-m4", "reference", count=False, check_arena=False)
     assert rebuilt["arena_bytes"] == size32 and rebuilt["output_matches_host"]
+
+
+# --- The TFLM library: what it compiles, and its cache ----------------------------------
+
+MODEL_SOURCES = os.path.join(tflm_app.APP_DIR, "tools", "model_sources.py")
+
+
+def _model_sources(tree: str, resolver: str, *flags: str) -> list[str]:
+    out = subprocess.run([sys.executable, MODEL_SOURCES, tree, resolver, *flags], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def _resolver(tmp_path, *methods: str) -> str:
+    path = tmp_path / "op_resolver.h"
+    path.write_text("".join(f"  if (resolver.{m}() != kTfLiteOk) return kTfLiteError;\n" for m in methods))
+    return str(path)
+
+
+@needs_tree
+def test_the_library_compiles_the_framework_and_only_the_models_kernels(tmp_path):
+    kernels = "tensorflow/lite/micro/kernels/"
+    reference = firmware.resolve_tree(TREE, "reference")
+    listed = _model_sources(reference, _resolver(tmp_path, "AddConv2D", "AddAdd"))
+    whole = _model_sources(reference, _resolver(tmp_path, "AddConv2D", "AddAdd"), "--all")
+    # Each registration's file, the helpers its headers declare, and the whole framework.
+    assert {kernels + f for f in ("conv.cc", "conv_common.cc", "add.cc", "add_common.cc", "kernel_util.cc")} <= set(
+        listed
+    )
+    assert {p for p in listed if kernels not in p} == {p for p in whole if kernels not in p}
+    assert "tensorflow/lite/micro/micro_interpreter.cc" in listed
+    assert kernels + "softmax.cc" not in listed and kernels + "softmax.cc" in whole
+    assert not any("decode" in p for p in whole)  # DECODE only with --compression,
+    assert kernels + "decode_state_lut.cc" in _model_sources(
+        reference, _resolver(tmp_path, "AddDecode"), "--compression"
+    )
+    assert len(listed) < 0.5 * len(whole)
+    # CMSIS-NN: the kernel's file and the CMSIS-NN functions it calls, followed through the calls.
+    cmsis = _model_sources(firmware.resolve_tree(TREE, "cmsis_nn"), _resolver(tmp_path, "AddConv2D"))
+    assert kernels + "cmsis_nn/conv.cc" in cmsis and kernels + "conv_common.cc" in cmsis
+    names = {os.path.basename(p) for p in cmsis}
+    assert {"arm_convolve_wrapper_s8.c", "arm_convolve_s8.c", "arm_nn_mat_mult_nt_t_s8.c"} <= names
+    assert "arm_softmax_s8.c" not in names and "arm_elementwise_add_s8.c" not in names
+
+
+def _make_print(model_dir, variable: str, *args: str, env=None) -> str:
+    out = subprocess.run(
+        ["make", "-s", "-C", tflm_app.APP_DIR, f"MODEL_DIR={model_dir}", f"TFLM_TREE={TREE}", *args,
+         f"print-{variable}"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@needs_tree
+def test_the_cache_key_covers_compiler_flags_and_source_list(tmp_path):
+    model_dir = tmp_path / "tflm"
+    model_dir.mkdir()
+    (model_dir / "model_data.cc").write_text("")
+    _resolver(model_dir, "AddConv2D", "AddAdd")
+    objects = _make_print(model_dir, "OBJ_DIR", "TARGET=host")
+    library = _make_print(model_dir, "LIB_DIR", "TARGET=host")
+    assert library.startswith(objects + "/lib_")
+    # Other flags or another compiler: other objects. Another source list: the same objects, another library.
+    assert _make_print(model_dir, "OBJ_DIR", "TARGET=host", "TFLM_COMPRESSION=1") != objects
+    compiler = tmp_path / "g++"
+    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "g++ (other) 99.0" && exit 0\nexec g++ "$@"\n')
+    compiler.chmod(0o755)
+    other = _make_print(
+        model_dir, "OBJ_DIR", "TARGET=host", env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    )
+    assert other != objects
+    assert _make_print(model_dir, "OBJ_DIR", "TARGET=host", "TFLM_SOURCES=all") == objects
+    assert _make_print(model_dir, "LIB_DIR", "TARGET=host", "TFLM_SOURCES=all") != library
+    _resolver(model_dir, "AddConv2D")
+    assert _make_print(model_dir, "LIB_DIR", "TARGET=host") != library
+
+
+@pytest.mark.slow
+@needs_tree
+def test_a_build_killed_midway_is_never_reused_and_two_builds_at_once_do_not_clash(
+    quickstart_run, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TFLM_CACHE", str(cache))
+    model_dir = str(quickstart_run["dir"] / "tflm")
+    args = ["make", "-C", tflm_app.APP_DIR, "-j2", f"MODEL_DIR={model_dir}", "TARGET=host", "KERNELS=reference",
+            f"TFLM_TREE={TREE}", f"BUILD_DIR={tmp_path / 'killed'}", "library"]  # fmt: skip
+    build = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(cache.rglob("*.o"))) < 4 and time.monotonic() < deadline and build.poll() is None:
+        time.sleep(0.2)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait()
+    assert not list(cache.rglob("libtflm.a")), "the build finished before it was killed"
+    # What the killed build left: whole objects under their final names, and files a later build never reads.
+    assert list(cache.rglob("*.o")) and all(p.name.endswith((".o", ".tmp")) for p in cache.rglob("*.o*"))
+    with ThreadPoolExecutor(2) as pool:
+        builds = [
+            pool.submit(firmware.build, model_dir, "host", "reference", str(tmp_path / name), TREE, jobs=1)
+            for name in ("first", "second")
+        ]
+        elves = [b.result()["elf"] for b in builds]
+    for elf in elves:
+        out = firmware.run(elf, "host")
+        assert len(out.samples) == 10 and all(s["max_int8_diff"] == 0 for s in out.samples)
+    assert len(list(cache.rglob("libtflm.a"))) == 1
 
 
 # --- Bad input: each a clear error, never a silent pass ---------------------------------

@@ -10,6 +10,9 @@ from keras_shufflenet import ChannelShuffle, ShuffleUnit
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import PointwiseGroupConv2D, batch_norm, pointwise_conv
 
+# The layers and their weights differ under tf_keras: `make test` runs these under both Kerases.
+pytestmark = pytest.mark.dual_keras
+
 
 @pytest.mark.parametrize("groups, channels", [(1, 4), (2, 6), (3, 12), (4, 8), (8, 24)])
 def test_channel_shuffle_matches_index_formula(groups, channels, rng):

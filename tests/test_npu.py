@@ -138,7 +138,7 @@ def test_missing_vela_names_the_pip_command(tiny_model, tmp_path, monkeypatch):
         export(tiny_model, [_images(4, 0)], str(tmp_path / "out"), npu="ethos-u55-128")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # The NPU's end-to-end path in the default tier.
 def test_export_writes_the_vela_model_its_c_array_and_settings(tiny_model, tmp_path):
     from test_micro import parse_c_array
 

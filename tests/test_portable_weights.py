@@ -11,6 +11,9 @@ import pytest
 from keras_shufflenet import ShuffleNet, portable_weights
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
 
+# The layers and their weights differ under tf_keras: `make test` runs these under both Kerases.
+pytestmark = pytest.mark.dual_keras
+
 
 def _model(classes=5):
     return ShuffleNet(input_shape=(32, 32, 1), classes=classes, scale_factor=0.25, groups=3)

@@ -197,6 +197,7 @@ def test_width_rule_keeps_every_grouped_conv_divisible(groups, scale):
             assert unit.in_channels % groups == 0
 
 
+@pytest.mark.dual_keras
 def test_layer_structure_follows_table1():
     model = ShuffleNet(groups=3, input_shape=(64, 64, 3), classes=10)
     names = [layer.name for layer in model.layers]
@@ -216,6 +217,7 @@ def test_layer_structure_follows_table1():
             assert names[i + 1].endswith("_gconv2")
 
 
+@pytest.mark.dual_keras
 def test_deterministic_names_and_shuffle_off():
     a = [layer.name for layer in ShuffleNet(input_shape=(32, 32, 3)).layers]
     b = [layer.name for layer in ShuffleNet(input_shape=(32, 32, 3)).layers]
@@ -230,6 +232,7 @@ def test_deterministic_names_and_shuffle_off():
     ]
 
 
+@pytest.mark.dual_keras
 @pytest.mark.parametrize(
     "kwargs, batch_shape, expected",
     [
@@ -247,6 +250,7 @@ def test_output_shapes(kwargs, batch_shape, expected):
     assert tuple(y.shape) == expected
 
 
+@pytest.mark.dual_keras
 def test_classifier_activation():
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     softmax_model = ShuffleNet(input_shape=(32, 32, 3), classes=4)
@@ -259,6 +263,7 @@ def test_classifier_activation():
         ShuffleNet(input_shape=(32, 32, 3), classifier_activation="no_such_activation")
 
 
+@pytest.mark.dual_keras
 def test_input_tensor():
     inputs = keras.Input((48, 48, 3))
     model = ShuffleNet(input_tensor=inputs, classes=3)
@@ -266,6 +271,7 @@ def test_input_tensor():
     assert tuple(model.outputs[0].shape) == (None, 3)
 
 
+@pytest.mark.dual_keras
 def test_weights_from_path_and_config_round_trip(tmp_path):
     model = ShuffleNet(input_shape=(32, 32, 3), classes=4, scale_factor=0.25)
     path = str(tmp_path / "shufflenet.weights.h5")
@@ -284,6 +290,7 @@ def test_weights_from_path_and_config_round_trip(tmp_path):
     np.testing.assert_allclose(restored(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.dual_keras
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -331,6 +338,7 @@ def test_the_smallest_scale_factor_builds_and_below_it_is_refused(groups):
         ShuffleNet(groups=groups, scale_factor=smallest - 0.001, input_shape=(32, 32, 1), classes=2)
 
 
+@pytest.mark.dual_keras
 def test_weights_of_another_configuration_or_format_are_named(tmp_path):
     path = str(tmp_path / "g3.weights.h5")
     ShuffleNet(groups=3, scale_factor=0.25, input_shape=(32, 32, 1), classes=4).save_weights(path)

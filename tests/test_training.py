@@ -490,7 +490,7 @@ def test_sigkilled_run_resumes_from_its_last_completed_epoch(tmp_path: os.PathLi
         assert "--epochs=4" in f.read().splitlines()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # Train -> export -> TFLM parity: the default tier's path through training and export.
 def test_pruned_export_trains_in_keras_3_and_prunes_in_keras_2(tmp_path: os.PathLike) -> None:
     root = str(tmp_path / "data")
     make_pattern_folder(root, per_class=8, test_per_class=2)

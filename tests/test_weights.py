@@ -309,8 +309,10 @@ def reference(tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scale, groups", CONFIGS)
+# The default tier checks one configuration against PyTorch; `make test-rest` the others.
+@pytest.mark.parametrize(
+    "scale, groups", [pytest.param(*c, marks=pytest.mark.e2e if c == (0.5, 3) else pytest.mark.slow) for c in CONFIGS]
+)
 def test_logits_match_the_official_pytorch_model(reference: str, scale: float, groups: int) -> None:
     name = f"{scale:.1f}x_g{groups}"
     checkpoint = os.path.join(reference, f"{name}.pth.tar")
