@@ -12,8 +12,8 @@ What is listed:
 * for each ``resolver.AddXxx(`` that ``op_resolver.h`` calls, the kernel file
   that defines the default registration named in TFLM's
   ``micro_mutable_op_resolver.h`` (``AddConv2D`` -> ``Register_CONV_2D``);
-* what those kernels use, followed to a fixed point: a kernel header
-  ``kernels/<stem>.h`` they include brings ``<stem>.cc`` and
+* what those kernels and the framework use, followed to a fixed point: a
+  kernel header ``kernels/<stem>.h`` they include brings ``<stem>.cc`` and
   ``<stem>_common.cc``; a CMSIS-NN function ``arm_xxx`` they name brings the
   CMSIS-NN source that defines it.
 
@@ -103,6 +103,8 @@ def model_sources(tree: str, resolver_header: str, compression: bool) -> list[st
             continue
         definition = re.compile(rf"\bTFLMRegistration\s+{known[method]}\s*\(\s*\)\s*\{{")
         files = [p for p in kernels if definition.search(_read(tree, p))]
+        if not files and method == "AddDecode" and not compression:
+            sys.exit("model_sources.py: the model registers DECODE (compressed weights): build with TFLM_COMPRESSION=1")
         if not files:
             sys.exit(f"model_sources.py: no kernel file of {tree} defines {known[method]}() for {method}()")
         pending += files
@@ -112,6 +114,9 @@ def model_sources(tree: str, resolver_header: str, compression: bool) -> list[st
         for name in _C_DEFINITION.findall(_read(tree, path)):
             cmsis_definitions.setdefault(name, path)
     kernel_set = set(kernels)
+    # The framework's own kernel includes count too (with compression,
+    # micro_context.cc uses kernels/decompress.h).
+    pending += sorted(selected)
     seen: set[str] = set()
     while pending:
         path = pending.pop()
