@@ -61,9 +61,13 @@ test: lint
 	$(PYTEST) -m "not slow" tests
 	$(KERAS2) $(PYTEST) -m "not slow and (legacy_keras or dual_keras)" tests
 
+# Two pytest workers, a test file each at a time: the rest is mostly subprocesses
+# (training runs, qemu, compilers) that leave a core idle when run one by one.
+XDIST := -n 2 --dist loadfile
+
 test-rest: $(STAMP)
-	$(PYTEST) -m "slow" tests
-	$(KERAS2) $(PYTEST) -m "(slow and legacy_keras) or not (slow or legacy_keras or dual_keras)" tests
+	$(PYTEST) $(XDIST) -m "slow" tests
+	$(KERAS2) $(PYTEST) $(XDIST) -m "(slow and legacy_keras) or not (slow or legacy_keras or dual_keras)" tests
 
 test-all: test test-rest
 
