@@ -7,10 +7,10 @@ pruned, shared-value kernels that the board model stores compressed.
 
 Training and exporting take minutes, so the result is kept under
 ``$KERAS_SHUFFLENET_TEST_CACHE`` (default ``~/.cache/keras-shufflenet/
-test-fixtures``), keyed by a hash of the package's code, this file and the
-TensorFlow and Keras versions: the Keras 3 and tf_keras passes of one
-``make test``, and later runs on the same code, reuse it; any change to the
-code that made it makes a new one. An entry is written under a temporary
+test-fixtures``), keyed by a hash of the package's code and data, this file
+and the versions of TensorFlow, NumPy and tflite-micro: both tiers, the Keras 3
+and tf_keras passes, and later runs on the same code reuse it (the model's
+weights load into either Keras); any change to what made it makes a new one. An entry is written under a temporary
 name and renamed when complete, so an interrupted run never leaves one that
 a later run would take. Tests get a fresh copy of an export's folder, which
 they may write into.
@@ -44,13 +44,13 @@ def cache_root() -> str:
 
 
 def code_key() -> str:
-    """A hash of what makes the entry: the package's sources, this file, TensorFlow's and Keras's versions."""
-    import tensorflow as tf
+    """A hash of what makes the entry: the package's sources and data, this file, and the versions it ran with."""
+    from importlib import metadata
 
-    from keras_shufflenet.keras_compat import keras
-
-    digest = hashlib.sha256(f"{tf.__version__} {keras.__version__}".encode())
-    paths = sorted(glob.glob(os.path.join(_PACKAGE, "**", "*.py"), recursive=True)) + [os.path.abspath(__file__)]
+    versions = [metadata.version(name) for name in ("tensorflow", "numpy", "tflite-micro")]
+    digest = hashlib.sha256(" ".join(versions).encode())
+    paths = sorted(glob.glob(os.path.join(_PACKAGE, "**", "*.py"), recursive=True))
+    paths += sorted(glob.glob(os.path.join(_PACKAGE, "datasets", "data", "*"))) + [os.path.abspath(__file__)]
     for path in paths:
         digest.update(os.path.relpath(path, os.path.dirname(_PACKAGE)).encode())
         with open(path, "rb") as handle:

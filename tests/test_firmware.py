@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import quickstart_fixture
@@ -214,9 +215,11 @@ def test_the_library_compiles_the_framework_and_only_the_models_kernels(tmp_path
 
 
 def _make_print(model_dir, variable: str, *args: str, env=None) -> str:
+    # BUILD_DIR outside the checkout: the Makefile writes its flags file there even for print-.
+    build_dir = os.path.join(os.path.dirname(str(model_dir)), "print_build")
     out = subprocess.run(
-        ["make", "-s", "-C", tflm_app.APP_DIR, f"MODEL_DIR={model_dir}", f"TFLM_TREE={TREE}", *args,
-         f"print-{variable}"],
+        ["make", "-s", "-C", tflm_app.APP_DIR, f"MODEL_DIR={model_dir}", f"TFLM_TREE={TREE}", f"BUILD_DIR={build_dir}",
+         *args, f"print-{variable}"],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -268,21 +271,32 @@ def test_a_build_killed_midway_is_never_reused_and_two_builds_at_once_do_not_cla
     deadline = time.monotonic() + 300
     while not list(kernel_objects.rglob("*.o")) and time.monotonic() < deadline and build.poll() is None:
         time.sleep(0.1)
+    assert build.poll() is None, f"make ended (status {build.returncode}) before it could be killed"
     os.killpg(build.pid, signal.SIGKILL)
     build.wait()
-    assert not list(cache.rglob("libtflm.a")), "the build finished before it was killed"
-    # What the killed build left: whole objects under their final names, and files a later build never reads.
-    assert all(p.name.endswith((".o", ".tmp")) for p in cache.rglob("*.o*"))
+    library = _make_print(
+        model_dir, "LIB", "TARGET=host", "KERNELS=reference", env={**os.environ, "TFLM_CACHE": str(cache)}
+    )
+    sources = _make_print(model_dir, "TREE_SOURCES", "TARGET=host", "KERNELS=reference").split()
+    kernel_sources = [p for p in sources if p.startswith("tensorflow/lite/micro/kernels/")]
+    left = list(kernel_objects.rglob("*.o"))
+    # Killed midway: some kernels compiled, not all, and no library.
+    assert 0 < len(left) < len(kernel_sources) and not os.path.exists(library)
+    # Every object under its final name is whole (a killed compile writes only to a temporary name).
+    for obj in left:
+        assert subprocess.run(["readelf", "-h", str(obj)], capture_output=True).returncode == 0, obj
     with ThreadPoolExecutor(2) as pool:
         builds = [
             pool.submit(firmware.build, model_dir, "host", "reference", str(tmp_path / name), TREE, jobs=1)
             for name in ("first", "second")
         ]
         elves = [b.result()["elf"] for b in builds]
+    # Both linked the one library, complete, and nothing temporary is left beside it.
+    assert os.path.isfile(library) and not list(Path(library).parent.glob("*.tmp"))
+    assert all(f"{os.path.dirname(library)}" in Path(elf + ".map").read_text() for elf in elves)
     for elf in elves:
         out = firmware.run(elf, "host")
         assert len(out.samples) == 10 and all(s["max_int8_diff"] == 0 for s in out.samples)
-    assert len(list(cache.rglob("libtflm.a"))) == 1
 
 
 # --- Bad input: each a clear error, never a silent pass ---------------------------------

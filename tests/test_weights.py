@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -290,41 +291,55 @@ def _torch_python() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> str:
+def reference(tmp_path_factory) -> Callable[..., str]:
+    """Makes the PyTorch reference of the given ``(scale, groups)`` configurations once; returns their folder.
+
+    Each configuration is made when a test first asks for it, so that the
+    default tier, which checks one, does not pay for all eight.
+    """
     python = _torch_python()
     if python is None:
         pytest.skip(
             f"no PyTorch importable by {TORCH_PYTHON} (set SHUFFLENET_TORCH_PYTHON, or apt-get install python3-torch)"
         )
     out = tmp_path_factory.mktemp("reference")
-    args = [f"{scale:.1f}x:{groups}" for scale, groups in CONFIGS]
-    done = subprocess.run(
-        [python, os.path.join(TESTS, "official_reference.py"), str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return str(out)
+    made: set[tuple[float, int]] = set()
+
+    def make(*configs: tuple[float, int]) -> str:
+        missing = [c for c in configs if c not in made]
+        if missing:
+            args = [f"{scale:.1f}x:{groups}" for scale, groups in missing]
+            done = subprocess.run(
+                [python, os.path.join(TESTS, "official_reference.py"), str(out), *args],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            made.update(missing)
+        return str(out)
+
+    return make
 
 
 # The default tier checks one configuration against PyTorch; `make test-rest` the others.
 @pytest.mark.parametrize(
     "scale, groups", [pytest.param(*c, marks=pytest.mark.e2e if c == (0.5, 3) else pytest.mark.slow) for c in CONFIGS]
 )
-def test_logits_match_the_official_pytorch_model(reference: str, scale: float, groups: int) -> None:
+def test_logits_match_the_official_pytorch_model(reference: Callable[..., str], scale: float, groups: int) -> None:
     name = f"{scale:.1f}x_g{groups}"
-    checkpoint = os.path.join(reference, f"{name}.pth.tar")
+    folder = reference((scale, groups))
+    checkpoint = os.path.join(folder, f"{name}.pth.tar")
     model = ShuffleNet(weights=checkpoint, classifier_activation=None)
-    images = np.load(os.path.join(reference, f"{name}_input.npy"))
-    expected = np.load(os.path.join(reference, f"{name}_logits.npy"))
+    images = np.load(os.path.join(folder, f"{name}_input.npy"))
+    expected = np.load(os.path.join(folder, f"{name}_logits.npy"))
     logits = model.predict(images, verbose=0)
     difference = float(np.abs(logits - expected).max())
     print(f"{name}: largest logit difference {difference:.3g} (logits up to {np.abs(expected).max():.3g})")
     assert difference < 1e-4
     # Parameters as PyTorch counts them: no batch-norm statistics, no classifier bias.
-    torch_params = int(open(os.path.join(reference, f"{name}_params.txt")).read())
+    torch_params = int(open(os.path.join(folder, f"{name}_params.txt")).read())
     statistics = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
     assert model.count_params() - statistics - 1000 == torch_params
     assert round(torch_params / 1e6, 1) == official.OFFICIAL_PARAMS_M[(scale, groups)]
@@ -346,9 +361,10 @@ for path in sys.argv[1:]:
 
 
 @pytest.mark.slow
-def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints, reference: str) -> None:
+def test_the_torch_reader_reads_what_the_builtin_reader_reads(small_checkpoints, reference: Callable[..., str]) -> None:
     # In the PyTorch Python: the reader and the mapping import neither TensorFlow nor Keras.
-    files = [*small_checkpoints.values(), *(os.path.join(reference, f"0.5x_g{g}.pth.tar") for g in (3, 8))]
+    folder = reference((0.5, 3), (0.5, 8))
+    files = [*small_checkpoints.values(), *(os.path.join(folder, f"0.5x_g{g}.pth.tar") for g in (3, 8))]
     done = subprocess.run(
         [_torch_python(), "-c", _COMPARE_READERS, *files],
         capture_output=True,

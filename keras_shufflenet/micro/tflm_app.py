@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ def build(
     args = [
         "make", "-C", APP_DIR, f"-j{jobs or os.cpu_count() or 1}", f"MODEL_DIR={model_dir}", f"TARGET={target}",
         f"KERNELS={kernels}", f"TFLM_TREE={tree}", f"BUILD_DIR={build_dir}",
+        f"PYTHON={sys.executable}",  # runs tools/model_sources.py, which needs Python 3.10+
     ]  # fmt: skip
     if arena_size is not None:
         args.append(f"ARENA_SIZE={int(arena_size)}")

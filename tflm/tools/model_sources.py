@@ -17,7 +17,8 @@ What is listed:
 * what those kernels and the framework use, followed to a fixed point: a
   kernel header ``kernels/<stem>.h`` they include brings ``<stem>.cc`` and
   ``<stem>_common.cc``; a CMSIS-NN function ``arm_xxx`` they name brings the
-  CMSIS-NN source that defines it.
+  CMSIS-NN source that defines it; CMSIS-NN's sources of data only (its
+  tables) always come with CMSIS-NN.
 
 The linker of the application still has the last word: a source this misses
 fails the link with the missing symbol named, and ``TFLM_SOURCES=all`` builds
@@ -113,8 +114,12 @@ def model_sources(tree: str, resolver_header: str, compression: bool) -> list[st
 
     cmsis_definitions = {}
     for path in cmsis:
-        for name in _C_DEFINITION.findall(_read(tree, path)):
+        names = _C_DEFINITION.findall(_read(tree, path))
+        for name in names:
             cmsis_definitions.setdefault(name, path)
+        if not names:
+            # A source of data only (arm_nntables.c: the sigmoid and tanh tables), which no `arm_` name leads to.
+            pending.append(path)
     kernel_set = set(kernels)
     # The framework's own kernel includes count too (with compression,
     # micro_context.cc uses kernels/decompress.h).
