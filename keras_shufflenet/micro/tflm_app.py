@@ -160,7 +160,8 @@ def build(
     """Builds ``tflm/`` with the export's ``model_dir`` files; returns ``{"elf", "map", "seconds", "tree"}``.
 
     A model with compressed weights (DECODE operators) builds TFLM with
-    ``USE_TFLM_COMPRESSION``. TFLM itself is compiled once per tree, compiler and flags into a cache
+    ``USE_TFLM_COMPRESSION``, which the Makefile reads from ``op_resolver.h``.
+    TFLM itself is compiled once per tree, compiler and flags into a cache
     (``$XDG_CACHE_HOME/keras-shufflenet/tflm``); later builds only compile the
     application and link.
 
@@ -197,8 +198,6 @@ def build(
     ]  # fmt: skip
     if arena_size is not None:
         args.append(f"ARENA_SIZE={int(arena_size)}")
-    if needs_decode(model_dir):
-        args.append("TFLM_COMPRESSION=1")  # Weights stored compressed: TFLM's DECODE support compiled in.
     start = time.monotonic()
     # The C locale keeps the compiler's messages in ASCII quotes, which the
     # explanation of a failure parses.
