@@ -10,7 +10,7 @@
 #               kernel set and the long exports (CI runs it)
 #   make firmware  build tflm/ with an export's files for a core, run it (qemu
 #               for Cortex-M), check it against the host and measure it:
-#               make firmware RUN_DIR=runs/quickstart TARGET=cortex-m4 KERNELS=cmsis_nn
+#               make firmware RUN_DIR=runs/quickstart TARGET=cortex-m4 KERNELS=shufflenet
 #   make bench  measure ShuffleNet beside MobileNet; writes docs/benchmarks.md
 #   make zoo    regenerate the README's model zoo table
 
@@ -21,11 +21,12 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR ?= runs/quickstart
 # make firmware: the run to build, the core (host, cortex-m4, cortex-m7,
-# cortex-m55) and the kernels (reference, cmsis_nn). TFLM_TREE, when set, is
-# the TFLM source tree (default: ../shared/tflm).
+# cortex-m55) and the kernels (reference; cmsis_nn; shufflenet: CMSIS-NN plus
+# the project's kernels in tflm/kernels/, the default on Cortex-M). TFLM_TREE,
+# when set, is the TFLM source tree (default: ../shared/tflm).
 RUN_DIR ?= $(DEMO_DIR)
 TARGET ?= cortex-m4
-KERNELS ?= cmsis_nn
+KERNELS ?= $(if $(filter host,$(TARGET)),reference,shufflenet)
 
 .PHONY: demo test test-rest test-all lint format firmware bench zoo install clean
 

@@ -111,8 +111,10 @@ def test_cortex_m4_reference_kernels_are_bit_identical_and_measured(quickstart_r
 @pytest.mark.e2e  # The firmware's end-to-end path in the default tier: the default core and kernels.
 @needs_tree
 @needs_arm
-def test_cortex_m4_cmsis_nn_matches_the_host_and_counts_instructions_per_op(quickstart_run):
-    result = _measure(quickstart_run, "cortex-m4", "cmsis_nn", count=True, check_arena=False)
+def test_cortex_m4_default_kernels_match_the_host_and_count_instructions_per_op(quickstart_run):
+    kernels = firmware.default_kernels("cortex-m4")
+    assert kernels == "shufflenet"
+    result = _measure(quickstart_run, "cortex-m4", kernels, count=True, check_arena=False)
     # The channel shuffle's 4-D transpose runs in CMSIS-NN (5-D silently failed).
     assert result["output_matches_host"] and result["max_int8_diff"] == 0 and result["top_class_matches_host"]
     ops = _model_ops(quickstart_run["dir"] / "quickstart_int8_tflm.tflite")
@@ -127,6 +129,25 @@ def test_cortex_m4_cmsis_nn_matches_the_host_and_counts_instructions_per_op(quic
     # kernels would (about 200 M for this model); 1-20 per MAC is its range.
     macs = quickstart_run["report"]["macs"]
     assert macs < total < 20 * macs
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_the_project_kernels_beat_stock_cmsis_nn_on_each_op_they_replace(quickstart_run):
+    stock = _measure(quickstart_run, "cortex-m4", "cmsis_nn", count=True, check_arena=False)
+    project = _measure(quickstart_run, "cortex-m4", "shufflenet", count=True, check_arena=False)
+    # Both give the host TFLM's (reference kernels') output, byte for byte, on every sample.
+    for result in (stock, project):
+        assert result["output_matches_host"] and result["max_int8_diff"] == 0 and result["samples"] >= 8
+    stock_ops = firmware.instructions_by_op_type(stock["per_op"])
+    project_ops = firmware.instructions_by_op_type(project["per_op"])
+    for op in ("CONV_2D", "ADD", "MEAN"):  # The quickstart's convs are grouped but for stage 2's first.
+        assert project_ops[op] < stock_ops[op], op
+    for op in set(stock_ops) - {"CONV_2D", "ADD", "MEAN"}:
+        assert project_ops[op] == stock_ops[op], op  # The other ops run the same stock kernels.
+    # The arena grows by at most the ADD's 2 KiB of tables (a scratch buffer, reused by later ops).
+    assert project["arena_used_bytes"] <= stock["arena_used_bytes"] + 2048 + 64
 
 
 @pytest.mark.slow
@@ -315,7 +336,9 @@ def test_a_folder_that_is_not_a_tree_is_refused(tmp_path):
 def test_a_tree_without_the_requested_kernels_is_refused():
     with pytest.raises(firmware.FirmwareError, match="no CMSIS-NN kernels"):
         firmware.resolve_tree(os.path.join(firmware.resolve_tree(TREE, "reference")), "cmsis_nn")
-    with pytest.raises(ValueError, match="`kernels` must be one of reference, cmsis_nn. Received: kernels='fast'"):
+    with pytest.raises(
+        ValueError, match="`kernels` must be one of reference, cmsis_nn, shufflenet. Received: kernels='fast'"
+    ):
         firmware.resolve_tree(TREE, "fast")
 
 

@@ -199,8 +199,11 @@ def test_model_settings_and_op_resolver(exported):
     # Exactly the operators TFLite itself sees in the model, each registered once.
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     resolver = (tflm / "op_resolver.h").read_text()
-    registered = re.findall(r"resolver\.(Add\w+)\(\)", resolver)
-    assert sorted(registered) == sorted(flatbuffer.TFLM_OP_RESOLVER_METHODS[op] for op in ops)
+    registered = re.findall(r"resolver\.(Add\w+)\((?:KERAS_SHUFFLENET_KERNEL\((\w+)\))?\)", resolver)
+    assert sorted(method for method, _ in registered) == sorted(flatbuffer.TFLM_OP_RESOLVER_METHODS[op] for op in ops)
+    # The project's kernels through one macro, for exactly the operators they implement.
+    assert {op for _, op in registered if op} == set(c_sources.PROJECT_KERNELS) & ops
+    assert "#ifdef KERAS_SHUFFLENET_KERNELS" in resolver and '#include "shufflenet_kernels.h"' in resolver
     assert "MicroMutableOpResolver<kNumberOfOps>" in resolver and f"kNumberOfOps = {len(ops)};" in resolver
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE", "RESHAPE"} <= set(report["ops"])
 

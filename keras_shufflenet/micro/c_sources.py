@@ -172,18 +172,53 @@ def set_32bit_arena(settings_header: str, used_bytes: int, measured_on: Sequence
     return pattern.sub(lambda _: f"{comment}\nconstexpr int kTensorArenaSize32 = {size};", settings_header), size
 
 
+# The builtin operators that the project's own kernels (tflm/kernels/) implement,
+# with the function that returns each registration.
+PROJECT_KERNELS: dict[str, str] = {
+    "ADD": "Register_ADD",
+    "CONV_2D": "Register_CONV_2D",
+    "MEAN": "Register_MEAN",
+}
+# Defined by a build that compiles tflm/kernels/ (tflm/Makefile's KERNELS=shufflenet).
+PROJECT_KERNELS_MACRO = "KERAS_SHUFFLENET_KERNELS"
+
+
 def op_resolver_source(ops: Sequence[str]) -> dict[str, str]:
-    """``op_resolver.h``: a MicroMutableOpResolver sized for, and listing exactly, the model's operators."""
+    """``op_resolver.h``: a MicroMutableOpResolver sized for, and listing exactly, the model's operators.
+
+    An operator that the project's kernels implement is registered through
+    ``KERAS_SHUFFLENET_KERNEL(<op>)``: the project's registration when the build
+    defines ``KERAS_SHUFFLENET_KERNELS``, TFLM's default otherwise.
+    """
     unknown = [op for op in ops if op not in TFLM_OP_RESOLVER_METHODS]
     if unknown:
         raise ValueError(f"No TFLite Micro kernel for operators: {', '.join(unknown)}")
     guard = _guard("op_resolver.h")
     calls = "\n".join(
-        f"  if (resolver.{TFLM_OP_RESOLVER_METHODS[op]}() != kTfLiteOk) return kTfLiteError;" for op in ops
+        f"  if (resolver.{TFLM_OP_RESOLVER_METHODS[op]}"
+        f"({f'KERAS_SHUFFLENET_KERNEL({op})' if op in PROJECT_KERNELS else ''}) != kTfLiteOk) return kTfLiteError;"
+        for op in ops
+    )
+    project_ops = [op for op in ops if op in PROJECT_KERNELS]
+    project = (
+        (
+            f"// {', '.join(project_ops)}: the project's kernels (tflm/kernels/, bit-identical to TFLM's\n"
+            f"// reference kernels and faster on Cortex-M) when the build defines {PROJECT_KERNELS_MACRO}\n"
+            "// and compiles tflm/kernels/*.cc; TFLM's own kernels otherwise.\n"
+            f"#ifdef {PROJECT_KERNELS_MACRO}\n"
+            '#include "shufflenet_kernels.h"\n'
+            "#define KERAS_SHUFFLENET_KERNEL(op) keras_shufflenet::Register_##op()\n"
+            "#else\n"
+            "#define KERAS_SHUFFLENET_KERNEL(op)\n"
+            "#endif\n\n"
+        )
+        if project_ops
+        else ""
     )
     header = (
         f"{_HEADER_NOTE}#ifndef {guard}\n#define {guard}\n\n"
         '#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"\n\n'
+        f"{project}"
         "// Only the kernels this model uses are linked in, which keeps flash small;\n"
         "// the template argument is their number.\n"
         f"constexpr int kNumberOfOps = {len(ops)};\n"

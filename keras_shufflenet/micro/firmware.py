@@ -43,6 +43,7 @@ from keras_shufflenet.micro.tflm_app import (
     TARGETS,
     FirmwareError,
     build,
+    default_kernels,
     default_tflm_tree,
     parse_output,
     resolve_tree,
@@ -57,6 +58,7 @@ __all__ = [
     "build",
     "build_and_measure",
     "count_instructions",
+    "default_kernels",
     "default_tflm_tree",
     "elf_sizes",
     "firmware_dir",
@@ -235,10 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--run_dir", required=True, help="A run or export folder that holds tflm/ (from an export).")
     parser.add_argument("--target", default="host", choices=TARGETS)
-    parser.add_argument("--kernels", default="reference", choices=KERNELS)
+    parser.add_argument(
+        "--kernels",
+        default=None,
+        choices=KERNELS,
+        help="reference, cmsis_nn, or shufflenet: CMSIS-NN plus the project's kernels "
+        "(default: shufflenet on Cortex-M, reference on the host)",
+    )
     parser.add_argument("--tflm_tree", default=None, help="A TFLM tree (default: $TFLM_TREE, else ../shared/tflm).")
     parser.add_argument("--no_count", action="store_true", help="Skip counting instructions (Cortex-M).")
     args = parser.parse_args(argv)
+    args.kernels = args.kernels or default_kernels(args.target)
     model_dir = os.path.join(args.run_dir, "tflm")
     output_dir = firmware_dir(args.run_dir, args.target, args.kernels)
     try:

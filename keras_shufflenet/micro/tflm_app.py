@@ -22,7 +22,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
-KERNELS = ("reference", "cmsis_nn")
+# reference: TFLM's reference kernels; cmsis_nn: Arm's CMSIS-NN kernels;
+# shufflenet: CMSIS-NN plus the project's kernels (tflm/kernels/), built on the
+# CMSIS-NN tree.
+KERNELS = ("reference", "cmsis_nn", "shufflenet")
+
+
+def default_kernels(target: str) -> str:
+    """The kernel set a build takes when none is named: the fastest exact one on Cortex-M, the reference on a host."""
+    return "reference" if target == "host" else "shufflenet"
+
+
+def tree_kernels(kernels: str) -> str:
+    """The kernel set of the TFLM tree that ``kernels`` builds on."""
+    return "cmsis_nn" if kernels == "shufflenet" else kernels
+
 
 # The application sources and their Makefile, beside the package in a checkout.
 APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tflm")
@@ -98,19 +112,19 @@ def resolve_tree(tflm_tree: str | None, kernels: str) -> str:
             f"per kernel set as reference/ and cmsis_nn/. (The default, {DEFAULT_TREE}, does not exist.)"
         )
     interpreter = os.path.join("tensorflow", "lite", "micro", "micro_interpreter.h")
-    for candidate in (os.path.join(tflm_tree, kernels), tflm_tree):
+    for candidate in (os.path.join(tflm_tree, tree_kernels(kernels)), tflm_tree):
         if os.path.isfile(os.path.join(candidate, interpreter)):
             tree = os.path.abspath(candidate)
             break
     else:
         raise FirmwareError(
-            f"TFLM_TREE={tflm_tree!r} is not a TFLM source tree: neither it nor its {kernels}/ folder holds "
-            f"{interpreter}. Make one with create_tflm_tree.py."
+            f"TFLM_TREE={tflm_tree!r} is not a TFLM source tree: neither it nor its {tree_kernels(kernels)}/ "
+            f"folder holds {interpreter}. Make one with create_tflm_tree.py."
         )
     kernels_dir = os.path.join(tree, "tensorflow", "lite", "micro", "kernels")
-    if kernels == "cmsis_nn" and not os.path.isfile(os.path.join(kernels_dir, "cmsis_nn", "conv.cc")):
+    if tree_kernels(kernels) == "cmsis_nn" and not os.path.isfile(os.path.join(kernels_dir, "cmsis_nn", "conv.cc")):
         raise FirmwareError(
-            f"KERNELS=cmsis_nn, but the tree {tree} has no CMSIS-NN kernels (tensorflow/lite/micro/kernels/"
+            f"KERNELS={kernels}, but the tree {tree} has no CMSIS-NN kernels (tensorflow/lite/micro/kernels/"
             "cmsis_nn/): make it with create_tflm_tree.py OPTIMIZED_KERNEL_DIR=cmsis_nn."
         )
     if kernels == "reference" and not os.path.isfile(os.path.join(kernels_dir, "conv.cc")):

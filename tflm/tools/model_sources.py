@@ -24,7 +24,7 @@ The linker of the application still has the last word: a source this misses
 fails the link with the missing symbol named, and ``TFLM_SOURCES=all`` builds
 the whole tree instead.
 
-Usage: model_sources.py TREE OP_RESOLVER_H [--compression] [--all]
+Usage: model_sources.py TREE OP_RESOLVER_H [--compression] [--all] [--uses=SOURCE ...]
 Prints one path per line, relative to TREE, sorted.
 """
 
@@ -34,6 +34,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 KERNELS_DIR = "tensorflow/lite/micro/kernels"
 CMSIS_NN_DIR = "third_party/cmsis_nn"
@@ -84,7 +85,7 @@ def registrations(tree: str) -> dict[str, str]:
     return result
 
 
-def model_sources(tree: str, resolver_header: str, compression: bool) -> list[str]:
+def model_sources(tree: str, resolver_header: str, compression: bool, uses: Sequence[str] = ()) -> list[str]:
     """The sources of ``tree`` that the model whose ``op_resolver.h`` is given needs.
 
     Raises:
@@ -124,13 +125,19 @@ def model_sources(tree: str, resolver_header: str, compression: bool) -> list[st
     # The framework's own kernel includes count too (with compression,
     # micro_context.cc uses kernels/decompress.h).
     pending += sorted(selected)
+    # Sources outside the tree (the project's kernels) that call into it.
+    outside = {}
+    for path in uses:
+        with open(path, encoding="utf-8") as handle:
+            outside[path] = handle.read()
+    pending += list(outside)
     seen: set[str] = set()
     while pending:
         path = pending.pop()
         if path in seen:
             continue
         seen.add(path)
-        text = _read(tree, path)
+        text = outside[path] if path in outside else _read(tree, path)
         for stem in _KERNEL_INCLUDE.findall(text):
             for candidate in (f"{KERNELS_DIR}/{stem}.cc", f"{KERNELS_DIR}/{stem}_common.cc"):
                 if candidate in kernel_set:
@@ -138,7 +145,7 @@ def model_sources(tree: str, resolver_header: str, compression: bool) -> list[st
         for name in set(_ARM_NAME.findall(text)):
             if name in cmsis_definitions:
                 pending.append(cmsis_definitions[name])
-    return sorted(selected | seen)
+    return sorted((selected | seen) - set(outside))
 
 
 def main() -> None:
@@ -147,11 +154,14 @@ def main() -> None:
     parser.add_argument("op_resolver_h")
     parser.add_argument("--compression", action="store_true", help="include TFLM's compression (DECODE) sources")
     parser.add_argument("--all", action="store_true", help="every library source of the tree")
+    parser.add_argument(
+        "--uses", action="append", default=[], help="a source outside the tree whose TFLM and CMSIS-NN uses count too"
+    )
     args = parser.parse_args()
     if args.all:
         sources = tree_sources(args.tree, args.compression)
     else:
-        sources = model_sources(args.tree, args.op_resolver_h, args.compression)
+        sources = model_sources(args.tree, args.op_resolver_h, args.compression, args.uses)
     print("\n".join(sources))
 
 

@@ -1,0 +1,81 @@
+"""The project's TFLM kernels (tflm/kernels/) against TFLM's reference, bit for bit.
+
+``make -C tflm kernel-test`` builds ``tflm/tests/kernel_test.cc``: random
+cases per kernel (shapes, groups, depths that are not multiples of 4, zero
+points, multipliers and shifts over their range, fused activations), each
+compared byte for byte with TFLM's reference implementation, plus the cases
+each kernel hands to the stock kernel and quantization it must refuse. It
+runs on the host (portable C paths) and in qemu on a Cortex-M4 (DSP) and a
+Cortex-M55 (MVE).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from keras_shufflenet.micro import firmware, tflm_app
+
+TREE = firmware.default_tflm_tree()
+needs_tree = pytest.mark.skipif(TREE is None, reason="no TFLM source tree (set TFLM_TREE)")
+needs_arm = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-g++") is None or shutil.which("qemu-arm") is None,
+    reason="arm-none-eabi-g++ or qemu-arm is not installed",
+)
+CASES = 300
+KERNELS = ("ADD", "CONV_2D", "MEAN")
+_TALLY = re.compile(r"^(\w+): (\d+) cases handled, (\d+) through the stock kernel, (\d+) refused in Prepare; (\d+)")
+
+
+def _kernel_test(target: str, build_dir, seed: int = 1) -> dict[str, tuple[int, int, int, int]]:
+    tree = tflm_app.resolve_tree(TREE, "shufflenet")
+    build = subprocess.run(
+        ["make", "-C", tflm_app.APP_DIR, "-j2", "kernel-test", f"TARGET={target}", f"TFLM_TREE={tree}",
+         f"BUILD_DIR={build_dir}", f"PYTHON={sys.executable}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    run = subprocess.run(
+        [*tflm_app.run_command(os.path.join(build_dir, "kernel_test"), target, None), str(CASES), str(seed)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "All outputs bit-identical to TFLM's reference." in run.stdout
+    matches = [_TALLY.match(line) for line in run.stdout.splitlines()]
+    return {m[1]: tuple(int(v) for v in m.groups()[1:]) for m in matches if m}
+
+
+def _check(tallies: dict[str, tuple[int, int, int, int]]) -> None:
+    assert set(tallies) == set(KERNELS)
+    for name, (handled, stock, _refused, mismatches) in tallies.items():
+        assert mismatches == 0, name
+        assert handled >= 200, name  # At least 200 random cases through each project kernel...
+        assert stock >= 10, name  # ...and some through its fallback to the stock kernel.
+        assert handled + stock == CASES, name
+    assert tallies["ADD"][2] == 2 and tallies["CONV_2D"][2] == 1  # Inconsistent quantization, refused.
+
+
+@pytest.mark.e2e  # The default tier's kernel check: the core of the default firmware test.
+@needs_tree
+@needs_arm
+def test_kernels_are_bit_exact_on_cortex_m4(tmp_path):
+    _check(_kernel_test("cortex-m4", tmp_path / "build"))
+
+
+@pytest.mark.slow
+@needs_tree
+@needs_arm
+def test_kernels_are_bit_exact_on_cortex_m55(tmp_path):
+    _check(_kernel_test("cortex-m55", tmp_path / "build"))
+
+
+@pytest.mark.slow
+@needs_tree
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kernels_are_bit_exact_on_the_host(tmp_path, seed):
+    _check(_kernel_test("host", tmp_path / "build", seed))

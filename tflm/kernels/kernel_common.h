@@ -1,0 +1,54 @@
+/* What the project's kernels share: TFLM's requantization written for speed
+   (and proven equal to it by tests/kernel_test.cc), and the hand-over to the
+   stock kernel for the cases a kernel does not handle. */
+
+#ifndef KERAS_SHUFFLENET_TFLM_KERNELS_KERNEL_COMMON_H_
+#define KERAS_SHUFFLENET_TFLM_KERNELS_KERNEL_COMMON_H_
+
+#include <cstdint>
+
+#include "tensorflow/lite/c/common.h"
+#include "tensorflow/lite/kernels/internal/common.h"
+#include "tensorflow/lite/micro/micro_common.h"
+
+namespace keras_shufflenet {
+
+#if TFLITE_SINGLE_ROUNDING
+// A build with single rounding: TFLM's own function is already what it is.
+inline int32_t Requantize(int32_t x, int32_t multiplier, int shift) {
+  return tflite::MultiplyByQuantizedMultiplier(x, multiplier, shift);
+}
+#else
+// tflite::MultiplyByQuantizedMultiplier (double rounding, TFLM's default):
+// SaturatingRoundingDoublingHighMul(x << left, multiplier), then
+// RoundingDivideByPOT(right). Two rewrites keep it exact and cheaper:
+// - gemmlowp nudges a negative product by 1 - 2^30 and divides toward zero;
+//   that equals adding 2^30 and shifting right arithmetically.
+// - Its one saturating case needs multiplier == INT32_MIN, which
+//   QuantizeMultiplier never returns (its multipliers lie in [2^30, 2^31)).
+inline int32_t Requantize(int32_t x, int32_t multiplier, int shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  // Shift as unsigned: TFLM's int32 shift wraps the same way, without the UB.
+  const int32_t shifted = static_cast<int32_t>(static_cast<uint32_t>(x) << left);
+  const int32_t high =
+      static_cast<int32_t>((static_cast<int64_t>(shifted) * multiplier + (int64_t{1} << 30)) >> 31);
+  const int32_t mask = static_cast<int32_t>((int64_t{1} << right) - 1);
+  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+  return (high >> right) + ((high & mask) > threshold ? 1 : 0);
+}
+#endif
+
+// A case a project kernel does not handle goes to `stock`, the kernel it
+// replaces. The stock kernel's node data is created only then, in Prepare, so
+// a handled node costs no memory for it; `*stock_data` keeps it.
+TfLiteStatus PrepareStock(const TFLMRegistration& stock, void** stock_data, TfLiteContext* context,
+                          TfLiteNode* node);
+
+// Runs the stock kernel's Invoke with the node data PrepareStock made.
+TfLiteStatus InvokeStock(const TFLMRegistration& stock, void* stock_data, TfLiteContext* context,
+                         TfLiteNode* node);
+
+}  // namespace keras_shufflenet
+
+#endif  // KERAS_SHUFFLENET_TFLM_KERNELS_KERNEL_COMMON_H_
