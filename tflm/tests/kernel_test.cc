@@ -57,6 +57,8 @@ class Random {
 struct Dims {
   int data[7];
   TfLiteIntArray* array() { return reinterpret_cast<TfLiteIntArray*>(data); }
+  // The sizes as TFLM's RuntimeShape takes them (int32_t is long on arm-none-eabi).
+  tflite::RuntimeShape Shape() const { return tflite::RuntimeShape(data[0], reinterpret_cast<const int32_t*>(data + 1)); }
   int Count() const {
     int count = 1;
     for (int i = 1; i <= data[0]; ++i) count *= data[i];
@@ -209,7 +211,7 @@ void TestAdd(Random& random, int cases, Tally& tally) {
       --index;  // A case TFLM itself refuses: drawn again.
       continue;
     }
-    const tflite::RuntimeShape s1(4, shape.data + 1), s2(4, shape2.data + 1);
+    const tflite::RuntimeShape s1 = shape.Shape(), s2 = shape2.Shape();
     if (broadcast) {
       tflite::reference_integer_ops::BroadcastAdd6DSlow(op, s1, g_input1, s2, g_input2, s1, g_expected);
     } else {
@@ -327,9 +329,9 @@ void TestConv(Random& random, int cases, Tally& tally) {
       continue;
     }
     tflite::reference_integer_ops::ConvPerChannel(
-        op, multipliers, shifts, tflite::RuntimeShape(4, input_shape.data + 1), g_input1,
-        tflite::RuntimeShape(4, filter_shape.data + 1), g_filter, tflite::RuntimeShape(1, bias_shape.data + 1),
-        has_bias ? g_bias : nullptr, tflite::RuntimeShape(4, output_shape.data + 1), g_expected);
+        op, multipliers, shifts, input_shape.Shape(), g_input1,
+        filter_shape.Shape(), g_filter, bias_shape.Shape(),
+        has_bias ? g_bias : nullptr, output_shape.Shape(), g_expected);
     Dims inputs = {{3, 0, 1, has_bias ? 2 : -1}};
     Dims outputs = {{1, 3}};
     std::memset(g_output, 0x55, sizeof(g_output));
@@ -409,7 +411,7 @@ void TestMean(Random& random, int cases, Tally& tally) {
     static int32_t temp_sum[kMaxElements];
     tflite::reference_ops::QuantizedMeanOrSum<int8_t, int32_t>(
         g_input1, qi.zero_points.data[0], shape.data + 1, 4, g_expected, multiplier, shift, qo.zero_points.data[0],
-        out_shape.data + 1, out_shape.data[0], axes, axis_count, keep_dims, temp_index, resolved_axis, temp_sum,
+        out_shape.data + 1, out_shape.data[0], reinterpret_cast<const int*>(axes), axis_count, keep_dims, temp_index, resolved_axis, temp_sum,
         /*compute_sum=*/false);
     Dims inputs = {{2, 0, 1}};
     Dims outputs = {{1, 2}};
