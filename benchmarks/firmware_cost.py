@@ -159,8 +159,52 @@ def report(results: dict[str, dict[str, Any]], cores: Sequence[str] = CORES, lev
         by_op = firmware.instructions_by_op_type(r["per_op"])
         rows = [[op, f"{n / 1e6:.2f} M", f"{100 * n / total:.1f} %"] for op, n in by_op.items()]
         lines += [f"**{label}**", "", markdown_table(["op", "instructions", "share"], rows), ""]
+    lines += project_kernels_section(results, section)
     lines += _requantization_section(results, section)
     return "\n".join(lines)
+
+
+def project_kernels_section(results: dict[str, dict[str, Any]], section: str = "##") -> list[str]:
+    """Per core and op: stock CMSIS-NN against CMSIS-NN plus the project's kernels (``KERNELS=shufflenet``)."""
+    lines = []
+    for core in CORES:
+        stock_key, project_key = f"{core}_cmsis_nn", f"{core}_shufflenet"
+        for label, entry in results.items():
+            if stock_key not in entry or project_key not in entry:
+                continue
+            stock, project = entry[stock_key], entry[project_key]
+            if stock["instructions_per_invoke"] is None or project["instructions_per_invoke"] is None:
+                continue
+            before = firmware.instructions_by_op_type(stock["per_op"])
+            after = firmware.instructions_by_op_type(project["per_op"])
+            rows = [
+                [op, f"{n / 1e6:.3f} M", f"{after.get(op, 0) / 1e6:.3f} M", f"{after.get(op, 0) / n - 1:+.0%}"]
+                for op, n in before.items()
+                if n
+            ]
+            total_before, total_after = stock["instructions_per_invoke"], project["instructions_per_invoke"]
+            rows.append(["**total**", f"{total_before / 1e6:.2f} M", f"{total_after / 1e6:.2f} M",
+                         f"{total_after / total_before - 1:+.1%}"])  # fmt: skip
+            sizes = (
+                f"Flash {stock['flash_bytes']:,} → {project['flash_bytes']:,} B "
+                f"({project['flash_bytes'] / stock['flash_bytes'] - 1:+.1%}), RAM {stock['ram_bytes']:,} → "
+                f"{project['ram_bytes']:,} B ({project['ram_bytes'] / stock['ram_bytes'] - 1:+.1%}), arena used "
+                f"{stock['arena_used_bytes']:,} → {project['arena_used_bytes']:,} B; output = host: "
+                f"{'yes' if stock['output_matches_host'] and project['output_matches_host'] else 'NO'}."
+            )
+            header = ["op", "CMSIS-NN", "CMSIS-NN + project kernels", "change"]
+            lines += [f"**{label}, {core}**", "", markdown_table(header, rows), "", sizes, ""]
+    if not lines:
+        return []
+    return [
+        f"{section} The project's kernels against stock CMSIS-NN",
+        "",
+        "`KERNELS=shufflenet` is CMSIS-NN plus the project's kernels (`tflm/kernels/`: ADD, grouped 1x1 CONV_2D, "
+        "MEAN over height and width), which hand every other case to CMSIS-NN's kernels. Instructions per "
+        "`Invoke()`, by op type:",
+        "",
+        *lines,
+    ]
 
 
 def _requantization_section(results: dict[str, dict[str, Any]], section: str) -> list[str]:
