@@ -138,19 +138,60 @@ struct OutputRange {
   int32_t max;
 };
 
-// Requantizes one channel's accumulators for two pixels, its parameters read
-// once. Everything arrives by value: the int8 stores may alias any memory, so
-// a field read through a pointer would be read again after each store.
-inline void QuantizePair(int32_t acc0, int32_t acc1, int32_t multiplier, int shift, OutputRange range, int8_t* out0,
-                         int8_t* out1) {
-  int32_t value0 = Requantize(acc0, multiplier, shift) + range.offset;
-  int32_t value1 = Requantize(acc1, multiplier, shift) + range.offset;
-  value0 = value0 < range.min ? range.min : value0;
-  value0 = value0 > range.max ? range.max : value0;
-  value1 = value1 < range.min ? range.min : value1;
-  value1 = value1 > range.max ? range.max : value1;
-  *out0 = static_cast<int8_t>(value0);
-  *out1 = static_cast<int8_t>(value1);
+// One output channel of the GEMM: its filter row, the part of its outputs that
+// does not depend on the input, and its requantization (with the fast form
+// where the parameters allow it).
+struct Channel {
+  const int8_t* filter;
+  int32_t constant;
+  int32_t multiplier;
+  int shift;
+  FastRequantizer fast;
+};
+
+template <bool kFast>
+inline int8_t Output(int32_t acc, const Channel& channel, const OutputRange& range) {
+  int32_t value = (kFast ? RequantizeFast(acc, channel.fast) : Requantize(acc, channel.multiplier, channel.shift)) +
+                  range.offset;
+  value = value < range.min ? range.min : value;
+  value = value > range.max ? range.max : value;
+  return static_cast<int8_t>(value);
+}
+
+// Two channels (or one, given twice, with `channel_pair` false) over every
+// pixel, two pixels at a time; an odd last pixel is paired with itself and
+// its duplicate result is written to a dummy byte. Everything arrives by
+// value: the int8 stores may alias any memory, so a field read through a
+// pointer would be read again after each store.
+template <bool kFast>
+void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const int8_t* input, int input_stride,
+                    int8_t* output, int output_stride, int pixels, int depth, const OutputRange range) {
+  int8_t discard[2];
+  for (int p = 0; p < pixels; p += 2) {
+    const bool pair = p + 1 < pixels;
+    const int8_t* in1 = pair ? input + input_stride : input;
+    int8_t* out1 = pair ? output + output_stride : discard;
+    int32_t acc00 = c0.constant, acc01 = c1.constant, acc10 = c0.constant, acc11 = c1.constant;
+    Dot2x2(depth, input, in1, c0.filter, c1.filter, acc00, acc01, acc10, acc11);
+    output[0] = Output<kFast>(acc00, c0, range);
+    out1[0] = Output<kFast>(acc10, c0, range);
+    const int8_t value01 = Output<kFast>(acc01, c1, range);
+    const int8_t value11 = Output<kFast>(acc11, c1, range);
+    if (channel_pair) {
+      output[1] = value01;
+      out1[1] = value11;
+    }
+    input += 2 * input_stride;
+    output += 2 * output_stride;
+  }
+}
+
+Channel MakeChannel(const GroupGemm& gemm, int channel) {
+  const int32_t multiplier = gemm.multiplier[channel];
+  const int shift = gemm.shift[channel];
+  const bool fast = IsFastRequantizable(multiplier, shift);
+  return {gemm.filter + channel * gemm.depth, ChannelConstant(gemm, channel), multiplier, shift,
+          fast ? MakeFastRequantizer(multiplier, shift) : FastRequantizer{0, 0, 0}};
 }
 
 void RunGroupGemm(const GroupGemm& gemm) {
@@ -159,37 +200,15 @@ void RunGroupGemm(const GroupGemm& gemm) {
                           gemm.channels, gemm.depth, gemm.input_offset, gemm.output_offset, gemm.activation_min,
                           gemm.activation_max, gemm.output_stride, gemm.input_stride);
 #else
-  // Channels and pixels go in pairs; an odd last one is paired with itself and
-  // its duplicate result is written to a dummy byte.
-  const int depth = gemm.depth;
-  const int pixels = gemm.pixels;
-  const int input_stride = gemm.input_stride;
-  const int output_stride = gemm.output_stride;
   const OutputRange range = {gemm.output_offset, gemm.activation_min, gemm.activation_max};
-  int8_t discard[2];
   for (int c = 0; c < gemm.channels; c += 2) {
     const bool channel_pair = c + 1 < gemm.channels;
-    const int c1 = channel_pair ? c + 1 : c;
-    const int8_t* w0 = gemm.filter + c * depth;
-    const int8_t* w1 = gemm.filter + c1 * depth;
-    const int32_t constant0 = ChannelConstant(gemm, c);
-    const int32_t constant1 = ChannelConstant(gemm, c1);
-    const int32_t multiplier0 = gemm.multiplier[c], multiplier1 = gemm.multiplier[c1];
-    const int shift0 = gemm.shift[c], shift1 = gemm.shift[c1];
-    const int8_t* in0 = gemm.input;
-    int8_t* out0 = gemm.output + c;
-    for (int p = 0; p < pixels; p += 2) {
-      const bool pair = p + 1 < pixels;
-      const int8_t* in1 = pair ? in0 + input_stride : in0;
-      int8_t* out1 = pair ? out0 + output_stride : discard;
-      int32_t acc00 = constant0, acc01 = constant1, acc10 = constant0, acc11 = constant1;
-      Dot2x2(depth, in0, in1, w0, w1, acc00, acc01, acc10, acc11);
-      QuantizePair(acc00, acc10, multiplier0, shift0, range, out0, out1);
-      QuantizePair(acc01, acc11, multiplier1, shift1, range, channel_pair ? out0 + 1 : discard,
-                   channel_pair && pair ? out1 + 1 : discard + 1);
-      in0 += 2 * input_stride;
-      out0 += 2 * output_stride;
-    }
+    const Channel c0 = MakeChannel(gemm, c);
+    const Channel c1 = channel_pair ? MakeChannel(gemm, c + 1) : c0;
+    const bool fast = IsFastRequantizable(c0.multiplier, c0.shift) && IsFastRequantizable(c1.multiplier, c1.shift);
+    (fast ? RunChannelPair<true> : RunChannelPair<false>)(c0, c1, channel_pair, gemm.input, gemm.input_stride,
+                                                          gemm.output + c, gemm.output_stride, gemm.pixels,
+                                                          gemm.depth, range);
   }
 #endif
 }

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernel_common.h"
 #include "shufflenet_kernels.h"
 #include "tensorflow/lite/c/builtin_op_data.h"
 #include "tensorflow/lite/kernels/internal/quantization_util.h"
@@ -166,6 +167,33 @@ int8_t g_filter[kMaxElements];
 int32_t g_bias[512];
 int8_t g_output[kMaxElements];
 int8_t g_expected[kMaxElements];
+
+// --- Requantization ---------------------------------------------------------
+// The kernels' requantization against TFLM's MultiplyByQuantizedMultiplier on
+// random and extreme arguments.
+void TestRequantize(Random& random, int cases, Tally& tally) {
+  static const int32_t kExtremes[] = {INT32_MIN, INT32_MIN + 1, -(1 << 30), -1, 0, 1, (1 << 30), INT32_MAX};
+  for (int index = 0; index < cases; ++index) {
+    const int32_t x = random.Chance(10)   ? kExtremes[random.Int(0, 7)]
+                      : random.Chance(50) ? static_cast<int32_t>(random.Next())
+                                          : random.Int(-100000, 100000);
+    int32_t multiplier = static_cast<int32_t>((1u << 30) + (random.Next() % (1u << 30)));
+    if (random.Chance(10)) multiplier = random.Chance(50) ? (1 << 30) : INT32_MAX;
+    const int shift = random.Chance(10) ? random.Int(0, 7) : random.Int(-31, -1);
+    // TFLM's preconditions: the left-shifted x must not overflow.
+    if (shift > 0 && (x > (INT32_MAX >> shift) || x < (INT32_MIN >> shift))) continue;
+    const int32_t expected = tflite::MultiplyByQuantizedMultiplier(x, multiplier, shift);
+    bool fast = keras_shufflenet::IsFastRequantizable(multiplier, shift);
+    if (keras_shufflenet::Requantize(x, multiplier, shift) != expected ||
+        (fast && keras_shufflenet::RequantizeFast(x, keras_shufflenet::MakeFastRequantizer(multiplier, shift)) !=
+                     expected)) {
+      std::printf("REQUANTIZE case %d: x=%ld multiplier=%ld shift=%d: TFLM gives %ld\n", index, static_cast<long>(x),
+                  static_cast<long>(multiplier), shift, static_cast<long>(expected));
+      ++tally.mismatches;
+    }
+    ++(fast ? tally.handled_cases : tally.stock_cases);
+  }
+}
 
 // --- ADD ---------------------------------------------------------------------
 void TestAdd(Random& random, int cases, Tally& tally) {
@@ -431,10 +459,11 @@ int main(int argc, char* argv[]) {
   const int cases = argc > 1 ? std::atoi(argv[1]) : 250;
   const uint32_t seed = argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 1;
   Random random(seed);
-  Tally tallies[3] = {{"ADD"}, {"CONV_2D"}, {"MEAN"}};
-  TestAdd(random, cases, tallies[0]);
-  TestConv(random, cases, tallies[1]);
-  TestMean(random, cases, tallies[2]);
+  Tally tallies[4] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}};
+  TestRequantize(random, 1000000, tallies[0]);
+  TestAdd(random, cases, tallies[1]);
+  TestConv(random, cases, tallies[2]);
+  TestMean(random, cases, tallies[3]);
   int mismatches = 0;
   for (const Tally& tally : tallies) {
     std::printf("%s: %d cases handled, %d through the stock kernel, %d refused in Prepare; %d mismatches\n",
