@@ -209,12 +209,20 @@ struct Channel {
   FastRequantizer fast;
 };
 
-template <bool kFast>
+// kLower: the activation's lower bound lies above -128 (a fused ReLU); kUpper:
+// its upper bound lies below 127 (ReLU6). Saturating to int8 first is one
+// instruction, and it is all the clamping an op without activation needs.
+template <bool kFast, bool kLower, bool kUpper>
 inline int8_t Output(int32_t acc, const Channel& channel, const OutputRange& range) {
   int32_t value = (kFast ? RequantizeFast(acc, channel.fast) : Requantize(acc, channel.multiplier, channel.shift)) +
                   range.offset;
-  value = value < range.min ? range.min : value;
-  value = value > range.max ? range.max : value;
+#if defined(KS_CONV_DSP)
+  value = __ssat(value, 8);
+#else
+  value = value < -128 ? -128 : value > 127 ? 127 : value;
+#endif
+  if (kLower) value = value < range.min ? range.min : value;
+  if (kUpper) value = value > range.max ? range.max : value;
   return static_cast<int8_t>(value);
 }
 
@@ -223,7 +231,7 @@ inline int8_t Output(int32_t acc, const Channel& channel, const OutputRange& ran
 // its duplicate result is written to a dummy byte. Everything arrives by
 // value: the int8 stores may alias any memory, so a field read through a
 // pointer would be read again after each store.
-template <bool kFast>
+template <bool kFast, bool kLower, bool kUpper>
 void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const uint32_t* widened,
                     const int8_t* input, const int8_t* input_end, int input_stride, int8_t* output, int output_stride,
                     int pixels, int depth, const OutputRange range) {
@@ -236,10 +244,10 @@ void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const
     // The padded last word of pixel p + 1 must end inside the tensor.
     const bool whole_word_ok = in1 + ((depth + 3) & ~3) <= input_end;
     Dot2x2(depth, input, in1, c0.filter, c1.filter, widened, whole_word_ok, acc00, acc01, acc10, acc11);
-    output[0] = Output<kFast>(acc00, c0, range);
-    out1[0] = Output<kFast>(acc10, c0, range);
-    const int8_t value01 = Output<kFast>(acc01, c1, range);
-    const int8_t value11 = Output<kFast>(acc11, c1, range);
+    output[0] = Output<kFast, kLower, kUpper>(acc00, c0, range);
+    out1[0] = Output<kFast, kLower, kUpper>(acc10, c0, range);
+    const int8_t value01 = Output<kFast, kLower, kUpper>(acc01, c1, range);
+    const int8_t value11 = Output<kFast, kLower, kUpper>(acc11, c1, range);
     if (channel_pair) {
       output[1] = value01;
       out1[1] = value11;
@@ -248,6 +256,15 @@ void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const
     output += 2 * output_stride;
   }
 }
+
+// RunChannelPair<fast requantization, lower clamp, upper clamp>, indexed by those three bits.
+using RunChannelPairFunction = void (*)(Channel, Channel, bool, const uint32_t*, const int8_t*, const int8_t*, int,
+                                        int8_t*, int, int, int, OutputRange);
+constexpr RunChannelPairFunction kRunChannelPair[8] = {
+    RunChannelPair<false, false, false>, RunChannelPair<false, false, true>, RunChannelPair<false, true, false>,
+    RunChannelPair<false, true, true>,   RunChannelPair<true, false, false>, RunChannelPair<true, false, true>,
+    RunChannelPair<true, true, false>,   RunChannelPair<true, true, true>,
+};
 
 Channel MakeChannel(const GroupGemm& gemm, int channel, int summed_columns, int32_t sum) {
   const int32_t multiplier = gemm.multiplier[channel];
@@ -280,9 +297,9 @@ void RunGroupGemm(const GroupGemm& gemm) {
     const Channel channel1 = MakeChannel(gemm, c1, summed_columns, sum1);
     const bool fast = IsFastRequantizable(channel0.multiplier, channel0.shift) &&
                       IsFastRequantizable(channel1.multiplier, channel1.shift);
-    (fast ? RunChannelPair<true> : RunChannelPair<false>)(channel0, channel1, channel_pair, gemm.widened, gemm.input,
-                                                          gemm.input_end, gemm.input_stride, gemm.output + c,
-                                                          gemm.output_stride, gemm.pixels, gemm.depth, range);
+    const int variant = (fast ? 4 : 0) + (range.min > -128 ? 2 : 0) + (range.max < 127 ? 1 : 0);
+    kRunChannelPair[variant](channel0, channel1, channel_pair, gemm.widened, gemm.input, gemm.input_end,
+                             gemm.input_stride, gemm.output + c, gemm.output_stride, gemm.pixels, gemm.depth, range);
   }
 #endif
 }
