@@ -177,6 +177,7 @@ def set_32bit_arena(settings_header: str, used_bytes: int, measured_on: Sequence
 PROJECT_KERNELS: dict[str, str] = {
     "ADD": "Register_ADD",
     "CONV_2D": "Register_CONV_2D",
+    "MAX_POOL_2D": "Register_MAX_POOL_2D",
     "MEAN": "Register_MEAN",
 }
 # Defined by a build that compiles tflm/kernels/ (tflm/Makefile's KERNELS=shufflenet).

@@ -14,6 +14,9 @@
    goes to the stock ADD. */
 
 #include <cmath>
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#endif
 #include <cstdint>
 
 #include "kernel_common.h"
@@ -120,8 +123,10 @@ void FillTable(int32_t* table, int32_t offset, int left_shift, int32_t multiplie
   }
 }
 
-// out[i] = requantize(table1[x1[i]] + table2[x2[i]]), clamped to the activation.
-template <bool kFast>
+// out[i] = requantize(table1[x1[i]] + table2[x2[i]]), clamped to the
+// activation: saturated to int8 (one SSAT on DSP cores), then only the
+// activation's own bounds (kLower: a fused ReLU; kUpper: ReLU6).
+template <bool kFast, bool kLower, bool kUpper>
 void AddRows(const uint8_t* x1, const uint8_t* x2, int8_t* out, int size, const int32_t* table1,
              const int32_t* table2, const tflite::OpDataAdd& add) {
   const int32_t multiplier = add.output_multiplier;
@@ -133,11 +138,25 @@ void AddRows(const uint8_t* x1, const uint8_t* x2, int8_t* out, int size, const 
   for (int i = 0; i < size; ++i) {
     const int32_t sum = table1[x1[i]] + table2[x2[i]];
     int32_t value = (kFast ? RequantizeFast(sum, fast) : Requantize(sum, multiplier, shift)) + offset;
-    value = value < act_min ? act_min : value;
-    value = value > act_max ? act_max : value;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+    value = __ssat(value, 8);
+#else
+    value = value < -128 ? -128 : value > 127 ? 127 : value;
+#endif
+    if (kLower) value = value < act_min ? act_min : value;
+    if (kUpper) value = value > act_max ? act_max : value;
     out[i] = static_cast<int8_t>(value);
   }
 }
+
+using AddRowsFunction = void (*)(const uint8_t*, const uint8_t*, int8_t*, int, const int32_t*, const int32_t*,
+                                 const tflite::OpDataAdd&);
+// AddRows<fast requantization, lower clamp, upper clamp>, indexed by those three bits.
+constexpr AddRowsFunction kAddRows[8] = {
+    AddRows<false, false, false>, AddRows<false, false, true>, AddRows<false, true, false>,
+    AddRows<false, true, true>,   AddRows<true, false, false>, AddRows<true, false, true>,
+    AddRows<true, true, false>,   AddRows<true, true, true>,
+};
 
 TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
@@ -158,11 +177,9 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const uint8_t* x2 = reinterpret_cast<const uint8_t*>(tflite::micro::GetTensorData<int8_t>(input2));
   int8_t* out = tflite::micro::GetTensorData<int8_t>(output);
   const int size = tflite::micro::GetTensorShape(output).FlatSize();
-  if (IsFastRequantizable(add.output_multiplier, add.output_shift)) {
-    AddRows<true>(x1, x2, out, size, table1, table2, add);
-  } else {
-    AddRows<false>(x1, x2, out, size, table1, table2, add);
-  }
+  const int variant = (IsFastRequantizable(add.output_multiplier, add.output_shift) ? 4 : 0) +
+                      (add.output_activation_min > -128 ? 2 : 0) + (add.output_activation_max < 127 ? 1 : 0);
+  kAddRows[variant](x1, x2, out, size, table1, table2, add);
   return kTfLiteOk;
 }
 

@@ -33,6 +33,9 @@ TFLMRegistration Register_CONV_2D();
 // int8 MEAN over height and width of a 4-D tensor (global average pooling).
 TFLMRegistration Register_MEAN();
 
+// int8 MAX_POOL_2D, four channels at a time.
+TFLMRegistration Register_MAX_POOL_2D();
+
 }  // namespace keras_shufflenet
 
 #endif  // KERAS_SHUFFLENET_TFLM_KERNELS_SHUFFLENET_KERNELS_H_

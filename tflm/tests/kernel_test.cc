@@ -23,6 +23,9 @@
 #include "tensorflow/lite/kernels/internal/quantization_util.h"
 #include "tensorflow/lite/kernels/internal/reference/integer_ops/add.h"
 #include "tensorflow/lite/kernels/internal/reference/integer_ops/conv.h"
+#include "tensorflow/lite/kernels/internal/reference/integer_ops/pooling.h"
+#include "tensorflow/lite/kernels/internal/reference/pooling.h"
+#include "tensorflow/lite/kernels/padding.h"
 #include "tensorflow/lite/kernels/internal/reference/reduce.h"
 #include "tensorflow/lite/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/kernels/kernel_runner.h"
@@ -460,17 +463,102 @@ void TestMean(Random& random, int cases, Tally& tally) {
   }
 }
 
+// --- MAX_POOL_2D -------------------------------------------------------------
+void TestMaxPool(Random& random, int cases, Tally& tally) {
+  for (int index = 0; index < cases; ++index) {
+    const bool other = random.Chance(10);  // float32: the stock kernel's case.
+    const int filter = random.Int(1, 4), stride = random.Int(1, 3);
+    const bool same = random.Chance(50);
+    Dims shape = {{4, random.Int(1, 2), random.Int(1, 14), random.Int(1, 14), random.Int(1, 40)}};
+    const int out_h = same ? (shape.data[2] + stride - 1) / stride : (shape.data[2] - filter) / stride + 1;
+    const int out_w = same ? (shape.data[3] + stride - 1) / stride : (shape.data[3] - filter) / stride + 1;
+    if (out_h <= 0 || out_w <= 0 || shape.Count() > kMaxElements / 4) {
+      --index;
+      continue;
+    }
+    Dims out_shape = {{4, shape.data[1], out_h, out_w, shape.data[4]}};
+    TfLitePoolParams params = {};
+    params.padding = same ? kTfLitePaddingSame : kTfLitePaddingValid;
+    params.stride_width = params.stride_height = stride;
+    params.filter_width = params.filter_height = filter;
+    params.activation = RandomActivation(random);
+    QuantizedTensor qi, qo;
+    qi.scales.data[0] = qo.scales.data[0] = random.LogUniform(-3, 0);
+    qi.zero_points.data[0] = qo.zero_points.data[0] = random.Int(-128, 127);
+    int out_height, out_width;
+    const TfLitePaddingValues padding = tflite::ComputePaddingHeightWidth(
+        stride, stride, 1, 1, shape.data[2], shape.data[3], filter, filter, params.padding, &out_height, &out_width);
+    tflite::PoolParams op = {};
+    op.stride_height = op.stride_width = stride;
+    op.filter_height = op.filter_width = filter;
+    op.padding_values.height = padding.height;
+    op.padding_values.width = padding.width;
+    static float float_input[kMaxElements / 4], float_output[kMaxElements / 4], float_expected[kMaxElements / 4];
+    TfLiteTensor tensors[2];
+    if (other) {
+      for (int i = 0; i < shape.Count(); ++i) float_input[i] = static_cast<float>(random.Int(-1000, 1000)) / 7.0f;
+      tflite::CalculateActivationRange(params.activation, &op.float_activation_min, &op.float_activation_max);
+      tflite::reference_ops::MaxPool(op, shape.Shape(), float_input, out_shape.Shape(), float_expected);
+      tensors[0] = qi.Make(kTfLiteFloat32, float_input, shape);
+      tensors[1] = qo.Make(kTfLiteFloat32, float_output, out_shape);
+      tensors[0].quantization = tensors[1].quantization = {kTfLiteNoQuantization, nullptr};
+    } else {
+      random.Fill(g_input1, shape.Count());
+      tensors[0] = qi.Make(kTfLiteInt8, g_input1, shape);
+      tensors[1] = qo.Make(kTfLiteInt8, g_output, out_shape);
+      if (!ActivationRange(params.activation, &tensors[1], &op.quantized_activation_min,
+                           &op.quantized_activation_max)) {
+        --index;
+        continue;
+      }
+      tflite::reference_integer_ops::MaxPool(op, shape.Shape(), g_input1, out_shape.Shape(), g_expected);
+    }
+    Dims inputs = {{1, 0}};
+    Dims outputs = {{1, 1}};
+    std::memset(g_output, 0x55, sizeof(g_output));
+    std::memset(float_output, 0x55, sizeof(float_output));
+    const int8_t* expected = other ? reinterpret_cast<const int8_t*>(float_expected) : g_expected;
+    const int8_t* actual = other ? reinterpret_cast<const int8_t*>(float_output) : g_output;
+    const int bytes = out_shape.Count() * (other ? 4 : 1);
+    if (!RunAndCompare(tally, keras_shufflenet::Register_MAX_POOL_2D(), tensors, 2, inputs, outputs, &params,
+                       expected, actual, bytes, index)) {
+      std::printf("MAX_POOL_2D case %d: Prepare failed on a valid case\n", index);
+      ++tally.mismatches;
+    }
+    ++(other ? tally.stock_cases : tally.handled_cases);
+  }
+  // Inconsistent quantization: another output zero point than the input's.
+  Dims shape = {{4, 1, 4, 4, 8}}, out_shape = {{4, 1, 2, 2, 8}};
+  QuantizedTensor qi, qo;
+  qi.scales.data[0] = qo.scales.data[0] = 0.1f;
+  qi.zero_points.data[0] = 3;
+  qo.zero_points.data[0] = 4;
+  TfLiteTensor tensors[2] = {qi.Make(kTfLiteInt8, g_input1, shape), qo.Make(kTfLiteInt8, g_output, out_shape)};
+  TfLitePoolParams params = {};
+  params.padding = kTfLitePaddingValid;
+  params.stride_width = params.stride_height = params.filter_width = params.filter_height = 2;
+  Dims inputs = {{1, 0}};
+  Dims outputs = {{1, 1}};
+  if (RunAndCompare(tally, keras_shufflenet::Register_MAX_POOL_2D(), tensors, 2, inputs, outputs, &params, g_output,
+                    g_output, 0, -1)) {
+    std::printf("MAX_POOL_2D: Prepare accepted different input and output zero points\n");
+    ++tally.mismatches;
+  }
+  ++tally.refused_cases;
+}
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
   const int cases = argc > 1 ? std::atoi(argv[1]) : 250;
   const uint32_t seed = argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 1;
   Random random(seed);
-  Tally tallies[4] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}};
+  Tally tallies[5] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}, {"MAX_POOL_2D"}};
   TestRequantize(random, 1000000, tallies[0]);
   TestAdd(random, cases, tallies[1]);
   TestConv(random, cases, tallies[2]);
   TestMean(random, cases, tallies[3]);
+  TestMaxPool(random, cases, tallies[4]);
   int mismatches = 0;
   for (const Tally& tally : tallies) {
     std::printf("%s: %d cases handled, %d through the stock kernel, %d refused in Prepare; %d mismatches\n",
