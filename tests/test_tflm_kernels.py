@@ -63,7 +63,8 @@ def _check(tallies: dict[str, tuple[int, int, int, int]], stock_kernels: tuple[s
             assert handled == 0 and refused == 0, name
             continue
         assert handled >= 200 and stock >= 10, name
-        assert refused == {"ADD": 2, "CONV_2D": 1, "MEAN": 0, "MAX_POOL_2D": 1}[name]  # Inconsistent quantization, refused.
+        # Inconsistent quantization, refused in Prepare.
+        assert refused == {"ADD": 2, "CONV_2D": 1, "MEAN": 0, "MAX_POOL_2D": 1}[name]
 
 
 @pytest.mark.e2e  # The default tier's kernel check: the core of the default firmware test.
