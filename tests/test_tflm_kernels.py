@@ -28,7 +28,7 @@ needs_arm = pytest.mark.skipif(
     reason="arm-none-eabi-g++ or qemu-arm is not installed",
 )
 CASES = 300
-KERNELS = ("ADD", "CONV_2D", "MEAN", "MAX_POOL_2D")
+KERNELS = ("ADD", "CONV_2D", "MEAN", "MAX_POOL_2D", "TRANSPOSE")
 _TALLY = re.compile(r"^(\w+): (\d+) cases handled, (\d+) through the stock kernel, (\d+) refused in Prepare; (\d+)")
 
 
@@ -64,7 +64,7 @@ def _check(tallies: dict[str, tuple[int, int, int, int]], stock_kernels: tuple[s
             continue
         assert handled >= 200 and stock >= 10, name
         # Inconsistent quantization, refused in Prepare.
-        assert refused == {"ADD": 2, "CONV_2D": 1, "MEAN": 0, "MAX_POOL_2D": 1}[name]
+        assert refused == {"ADD": 2, "CONV_2D": 1, "MEAN": 0, "MAX_POOL_2D": 1, "TRANSPOSE": 0}[name]
 
 
 @pytest.mark.e2e  # The default tier's kernel check: the core of the default firmware test.

@@ -179,6 +179,7 @@ PROJECT_KERNELS: dict[str, str] = {
     "CONV_2D": "Register_CONV_2D",
     "MAX_POOL_2D": "Register_MAX_POOL_2D",
     "MEAN": "Register_MEAN",
+    "TRANSPOSE": "Register_TRANSPOSE",
 }
 # Defined by a build that compiles tflm/kernels/ (tflm/Makefile's KERNELS=shufflenet).
 PROJECT_KERNELS_MACRO = "KERAS_SHUFFLENET_KERNELS"

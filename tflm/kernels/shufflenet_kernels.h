@@ -36,6 +36,9 @@ TFLMRegistration Register_MEAN();
 // int8 MAX_POOL_2D, four channels at a time.
 TFLMRegistration Register_MAX_POOL_2D();
 
+// int8 TRANSPOSE that swaps the last two dimensions (the channel shuffle).
+TFLMRegistration Register_TRANSPOSE();
+
 }  // namespace keras_shufflenet
 
 #endif  // KERAS_SHUFFLENET_TFLM_KERNELS_SHUFFLENET_KERNELS_H_

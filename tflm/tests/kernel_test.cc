@@ -5,7 +5,8 @@
    output byte with TFLM's reference implementation of the operator
    (tensorflow/lite/kernels/internal/reference/, with the parameters TFLM's
    reference kernels derive from the tensors). Cases the kernel does not
-   handle (broadcasting, other filter sizes, strides or groups, other axes) must give the same bytes through its fallback to the stock kernel.
+   handle (broadcasting, other filter sizes, strides or groups, other axes or
+   permutations, float) must give the same bytes through its fallback to the stock kernel.
    Inconsistent quantization must fail Prepare.
 
    Usage: kernel_test [cases per kernel (250)] [seed (1)]
@@ -27,6 +28,7 @@
 #include "tensorflow/lite/kernels/internal/reference/pooling.h"
 #include "tensorflow/lite/kernels/padding.h"
 #include "tensorflow/lite/kernels/internal/reference/reduce.h"
+#include "tensorflow/lite/kernels/internal/reference/transpose.h"
 #include "tensorflow/lite/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/kernels/kernel_runner.h"
 
@@ -406,6 +408,53 @@ void TestConv(Random& random, int cases, Tally& tally) {
   ++tally.refused_cases;
 }
 
+// --- TRANSPOSE ---------------------------------------------------------------
+void TestTranspose(Random& random, int cases, Tally& tally) {
+  for (int index = 0; index < cases; ++index) {
+    const int rank = random.Int(2, 4);
+    Dims shape = {{rank}};
+    for (int i = 1; i <= rank; ++i) shape.data[i] = random.Int(1, i >= rank - 1 ? 24 : 12);
+    if (random.Chance(50)) shape.data[rank - 1] = random.Int(2, 8);  // Group counts as ShuffleNet's.
+    int32_t perm[4];
+    for (int i = 0; i < rank; ++i) perm[i] = i;
+    const bool other = random.Chance(15);  // Another permutation: the stock kernel's case.
+    if (other && rank > 2) {
+      perm[0] = 1;
+      perm[1] = 0;
+    } else {
+      perm[rank - 2] = rank - 1;
+      perm[rank - 1] = rank - 2;
+    }
+    Dims out_shape = {{rank}};
+    for (int i = 0; i < rank; ++i) out_shape.data[i + 1] = shape.data[perm[i] + 1];
+    if (shape.Count() > kMaxElements) {
+      --index;
+      continue;
+    }
+    random.Fill(g_input1, shape.Count());
+    Dims perm_shape = {{1, rank}};
+    QuantizedTensor qi, qo;
+    qi.scales.data[0] = qo.scales.data[0] = 0.05f;
+    qi.zero_points.data[0] = qo.zero_points.data[0] = random.Int(-128, 127);
+    TfLiteTensor tensors[3] = {qi.Make(kTfLiteInt8, g_input1, shape), ConstantInt32(perm, perm_shape),
+                               qo.Make(kTfLiteInt8, g_output, out_shape)};
+    tflite::TransposeParams op = {};
+    op.perm_count = static_cast<int8_t>(rank);
+    for (int i = 0; i < rank; ++i) op.perm[i] = perm[i];
+    tflite::reference_ops::Transpose(op, shape.Shape(), g_input1,
+                                     out_shape.Shape(), g_expected);
+    Dims inputs = {{2, 0, 1}};
+    Dims outputs = {{1, 2}};
+    std::memset(g_output, 0x55, sizeof(g_output));
+    if (!RunAndCompare(tally, keras_shufflenet::Register_TRANSPOSE(), tensors, 3, inputs, outputs, nullptr,
+                       g_expected, g_output, shape.Count(), index)) {
+      std::printf("TRANSPOSE case %d: Prepare failed on a valid case\n", index);
+      ++tally.mismatches;
+    }
+    ++(other && rank > 2 ? tally.stock_cases : tally.handled_cases);
+  }
+}
+
 // --- MEAN --------------------------------------------------------------------
 void TestMean(Random& random, int cases, Tally& tally) {
   for (int index = 0; index < cases; ++index) {
@@ -553,12 +602,13 @@ int main(int argc, char* argv[]) {
   const int cases = argc > 1 ? std::atoi(argv[1]) : 250;
   const uint32_t seed = argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 1;
   Random random(seed);
-  Tally tallies[5] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}, {"MAX_POOL_2D"}};
+  Tally tallies[6] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}, {"MAX_POOL_2D"}, {"TRANSPOSE"}};
   TestRequantize(random, 1000000, tallies[0]);
   TestAdd(random, cases, tallies[1]);
   TestConv(random, cases, tallies[2]);
   TestMean(random, cases, tallies[3]);
   TestMaxPool(random, cases, tallies[4]);
+  TestTranspose(random, cases, tallies[5]);
   int mismatches = 0;
   for (const Tally& tally : tallies) {
     std::printf("%s: %d cases handled, %d through the stock kernel, %d refused in Prepare; %d mismatches\n",

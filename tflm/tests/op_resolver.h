@@ -5,11 +5,12 @@
 
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 
-inline TfLiteStatus RegisterKernelTestOps(tflite::MicroMutableOpResolver<4>& resolver) {
+inline TfLiteStatus RegisterKernelTestOps(tflite::MicroMutableOpResolver<5>& resolver) {
   if (resolver.AddAdd() != kTfLiteOk) return kTfLiteError;
   if (resolver.AddConv2D() != kTfLiteOk) return kTfLiteError;
   if (resolver.AddMaxPool2D() != kTfLiteOk) return kTfLiteError;
   if (resolver.AddMean() != kTfLiteOk) return kTfLiteError;
+  if (resolver.AddTranspose() != kTfLiteOk) return kTfLiteError;
   return kTfLiteOk;
 }
 
