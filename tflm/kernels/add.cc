@@ -149,14 +149,15 @@ void AddRows(const uint8_t* x1, const uint8_t* x2, int8_t* out, int size, const 
   }
 }
 
+// The variants worth their flash: fast requantization with no activation,
+// with a ReLU, or with both bounds; and one for any other parameters.
 using AddRowsFunction = void (*)(const uint8_t*, const uint8_t*, int8_t*, int, const int32_t*, const int32_t*,
                                  const tflite::OpDataAdd&);
-// AddRows<fast requantization, lower clamp, upper clamp>, indexed by those three bits.
-constexpr AddRowsFunction kAddRows[8] = {
-    AddRows<false, false, false>, AddRows<false, false, true>, AddRows<false, true, false>,
-    AddRows<false, true, true>,   AddRows<true, false, false>, AddRows<true, false, true>,
-    AddRows<true, true, false>,   AddRows<true, true, true>,
-};
+AddRowsFunction ChooseAddRows(const tflite::OpDataAdd& add) {
+  if (!IsFastRequantizable(add.output_multiplier, add.output_shift)) return AddRows<false, true, true>;
+  if (add.output_activation_max < 127) return AddRows<true, true, true>;
+  return add.output_activation_min > -128 ? AddRows<true, true, false> : AddRows<true, false, false>;
+}
 
 TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
@@ -177,9 +178,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const uint8_t* x2 = reinterpret_cast<const uint8_t*>(tflite::micro::GetTensorData<int8_t>(input2));
   int8_t* out = tflite::micro::GetTensorData<int8_t>(output);
   const int size = tflite::micro::GetTensorShape(output).FlatSize();
-  const int variant = (IsFastRequantizable(add.output_multiplier, add.output_shift) ? 4 : 0) +
-                      (add.output_activation_min > -128 ? 2 : 0) + (add.output_activation_max < 127 ? 1 : 0);
-  kAddRows[variant](x1, x2, out, size, table1, table2, add);
+  ChooseAddRows(add)(x1, x2, out, size, table1, table2, add);
   return kTfLiteOk;
 }
 

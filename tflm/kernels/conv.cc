@@ -257,14 +257,15 @@ void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const
   }
 }
 
-// RunChannelPair<fast requantization, lower clamp, upper clamp>, indexed by those three bits.
+// The variants worth their flash: fast requantization with no activation,
+// with a ReLU, or with both bounds; and one for any other parameters.
 using RunChannelPairFunction = void (*)(Channel, Channel, bool, const uint32_t*, const int8_t*, const int8_t*, int,
                                         int8_t*, int, int, int, OutputRange);
-constexpr RunChannelPairFunction kRunChannelPair[8] = {
-    RunChannelPair<false, false, false>, RunChannelPair<false, false, true>, RunChannelPair<false, true, false>,
-    RunChannelPair<false, true, true>,   RunChannelPair<true, false, false>, RunChannelPair<true, false, true>,
-    RunChannelPair<true, true, false>,   RunChannelPair<true, true, true>,
-};
+RunChannelPairFunction ChooseRunChannelPair(bool fast, const OutputRange& range) {
+  if (!fast) return RunChannelPair<false, true, true>;
+  if (range.max < 127) return RunChannelPair<true, true, true>;
+  return range.min > -128 ? RunChannelPair<true, true, false> : RunChannelPair<true, false, false>;
+}
 
 Channel MakeChannel(const GroupGemm& gemm, int channel, int summed_columns, int32_t sum) {
   const int32_t multiplier = gemm.multiplier[channel];
@@ -297,8 +298,7 @@ void RunGroupGemm(const GroupGemm& gemm) {
     const Channel channel1 = MakeChannel(gemm, c1, summed_columns, sum1);
     const bool fast = IsFastRequantizable(channel0.multiplier, channel0.shift) &&
                       IsFastRequantizable(channel1.multiplier, channel1.shift);
-    const int variant = (fast ? 4 : 0) + (range.min > -128 ? 2 : 0) + (range.max < 127 ? 1 : 0);
-    kRunChannelPair[variant](channel0, channel1, channel_pair, gemm.widened, gemm.input, gemm.input_end,
+    ChooseRunChannelPair(fast, range)(channel0, channel1, channel_pair, gemm.widened, gemm.input, gemm.input_end,
                              gemm.input_stride, gemm.output + c, gemm.output_stride, gemm.pixels, gemm.depth, range);
   }
 #endif
