@@ -170,13 +170,14 @@ int AddRowsMve(const uint8_t* x1, const uint8_t* x2, int8_t* out, int size, cons
 }
 #endif
 
-// The variants worth their flash: fast requantization with no activation,
-// with a ReLU, or with both bounds; and one for any other parameters.
+// The variants worth their flash: fast requantization with no activation or
+// with a ReLU (ShuffleNet's); one for any other parameters (ReLU6 included).
 using AddRowsFunction = void (*)(const uint8_t*, const uint8_t*, int8_t*, int, const int32_t*, const int32_t*,
                                  const tflite::OpDataAdd&);
 AddRowsFunction ChooseAddRows(const tflite::OpDataAdd& add) {
-  if (!IsFastRequantizable(add.output_multiplier, add.output_shift)) return AddRows<false, true, true>;
-  if (add.output_activation_max < 127) return AddRows<true, true, true>;
+  if (!IsFastRequantizable(add.output_multiplier, add.output_shift) || add.output_activation_max < 127) {
+    return AddRows<false, true, true>;
+  }
   return add.output_activation_min > -128 ? AddRows<true, true, false> : AddRows<true, false, false>;
 }
 

@@ -42,10 +42,21 @@
 namespace keras_shufflenet {
 namespace {
 
+// How a node runs: see the file's comment.
+enum class Path : uint8_t { kStock, kGrouped1x1, kIm2col };
+
+// Output pixels whose im2col rows are built at a time, and the longest row
+// (filter height x width x input channels, padded to 4) taken: 2 KiB of scratch.
+constexpr int kIm2colPixels = 16;
+constexpr int kIm2colMaxDepth = 128;
+// Fewer pixels than this leave too few to share each channel pair's widened filter rows.
+constexpr int kGroupedMinPixels = 8;
+
 struct OpData {
-  tflite::OpDataConv conv;  // TFLM's own parameters, from CalculateOpDataConv.
+  tflite::OpDataConv conv;   // TFLM's own parameters, from CalculateOpDataConv.
   int widened_buffer_index;  // Scratch for two widened filter rows (DSP path), or -1.
-  bool handled;             // false: the stock kernel runs this node.
+  int im2col_buffer_index;   // Scratch for kIm2colPixels im2col rows, or -1.
+  Path path;
   void* stock_data;
 };
 
@@ -257,13 +268,12 @@ void RunChannelPair(const Channel c0, const Channel c1, bool channel_pair, const
   }
 }
 
-// The variants worth their flash: fast requantization with no activation,
-// with a ReLU, or with both bounds; and one for any other parameters.
+// The variants worth their flash: fast requantization with no activation or
+// with a ReLU (ShuffleNet's); one for any other parameters (ReLU6 included).
 using RunChannelPairFunction = void (*)(Channel, Channel, bool, const uint32_t*, const int8_t*, const int8_t*, int,
                                         int8_t*, int, int, int, OutputRange);
 RunChannelPairFunction ChooseRunChannelPair(bool fast, const OutputRange& range) {
-  if (!fast) return RunChannelPair<false, true, true>;
-  if (range.max < 127) return RunChannelPair<true, true, true>;
+  if (!fast || range.max < 127) return RunChannelPair<false, true, true>;
   return range.min > -128 ? RunChannelPair<true, true, false> : RunChannelPair<true, false, false>;
 }
 
@@ -304,32 +314,39 @@ void RunGroupGemm(const GroupGemm& gemm) {
 #endif
 }
 
-// Whether this kernel computes the node: see the file's comment.
-bool Handles(TfLiteContext* context, TfLiteNode* node, const TfLiteConvParams& params, const TfLiteTensor* input,
-             const TfLiteTensor* filter, const TfLiteTensor* bias, const TfLiteTensor* output) {
-  if (input->type != kTfLiteInt8 || filter->type != kTfLiteInt8 || output->type != kTfLiteInt8) return false;
-  if (bias != nullptr && bias->type != kTfLiteInt32) return false;
-  if (input->dims->size != 4 || filter->dims->size != 4 || output->dims->size != 4) return false;
-  if (filter->dims->data[1] != 1 || filter->dims->data[2] != 1) return false;
-  if (params.stride_height != 1 || params.stride_width != 1) return false;
-  const int input_channels = input->dims->data[3];
-  const int filter_depth = filter->dims->data[3];
-  const int output_channels = output->dims->data[3];
-  // Ungrouped 1x1 convolutions take CMSIS-NN's own fast path, which is faster.
-  if (filter_depth <= 0 || input_channels % filter_depth != 0 || input_channels == filter_depth) return false;
-  if (output_channels != filter->dims->data[0] || output_channels % (input_channels / filter_depth) != 0) return false;
-  for (int i = 0; i < 3; ++i) {
-    if (input->dims->data[i] != output->dims->data[i]) return false;
-  }
+// How this node runs: see the file's comment.
+Path ChoosePath(TfLiteContext* context, TfLiteNode* node, const TfLiteConvParams& params, const TfLiteTensor* input,
+                const TfLiteTensor* filter, const TfLiteTensor* bias, const TfLiteTensor* output) {
+  if (input->type != kTfLiteInt8 || filter->type != kTfLiteInt8 || output->type != kTfLiteInt8) return Path::kStock;
+  if (bias != nullptr && bias->type != kTfLiteInt32) return Path::kStock;
+  if (input->dims->size != 4 || filter->dims->size != 4 || output->dims->size != 4) return Path::kStock;
 #ifdef USE_TFLM_COMPRESSION
   // Weights that TFLM decompresses inside the kernel: the stock kernel reads them.
   tflite::MicroContext* micro_context = tflite::GetMicroContext(context);
   if (micro_context->IsTensorCompressed(node, tflite::kConvWeightsTensor) ||
       micro_context->IsTensorCompressed(node, tflite::kConvBiasTensor)) {
-    return false;
+    return Path::kStock;
   }
 #endif
-  return true;
+  const int input_channels = input->dims->data[3];
+  const int filter_depth = filter->dims->data[3];
+  const int output_channels = output->dims->data[3];
+  if (filter_depth <= 0 || input_channels % filter_depth != 0 || output_channels != filter->dims->data[0]) {
+    return Path::kStock;
+  }
+  const int groups = input_channels / filter_depth;
+  const bool pointwise = filter->dims->data[1] == 1 && filter->dims->data[2] == 1 && params.stride_height == 1 &&
+                         params.stride_width == 1;
+  if (groups > 1) {
+    const int pixels = input->dims->data[0] * input->dims->data[1] * input->dims->data[2];
+    const bool same_size = input->dims->data[1] == output->dims->data[1] && input->dims->data[2] == output->dims->data[2];
+    return pointwise && same_size && output_channels % groups == 0 && pixels >= kGroupedMinPixels ? Path::kGrouped1x1
+                                                                                                   : Path::kStock;
+  }
+  // Ungrouped: 1x1 with stride 1 takes CMSIS-NN's own fast path; other
+  // filters with short im2col rows (a stem over 1 to 4 channels) come here.
+  const int depth = filter->dims->data[1] * filter->dims->data[2] * filter_depth;
+  return !pointwise && ((depth + 3) & ~3) <= kIm2colMaxDepth ? Path::kIm2col : Path::kStock;
 }
 
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
@@ -341,9 +358,9 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   TfLiteTensor* bias = micro_context->AllocateTempInputTensor(node, tflite::kConvBiasTensor);
   TfLiteTensor* output = micro_context->AllocateTempOutputTensor(node, tflite::kConvOutputTensor);
   TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr);
-  data->handled = Handles(context, node, params, input, filter, bias, output);
+  data->path = ChoosePath(context, node, params, input, filter, bias, output);
   TfLiteStatus status = kTfLiteOk;
-  if (data->handled) {
+  if (data->path != Path::kStock) {
     const int channels = output->dims->data[3];
     const auto* quantization = static_cast<const TfLiteAffineQuantization*>(filter->quantization.params);
     if (filter->quantization.type != kTfLiteAffineQuantization || quantization == nullptr ||
@@ -357,30 +374,118 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
           static_cast<int32_t*>(context->AllocatePersistentBuffer(context, channels * sizeof(int32_t)));
       data->conv.per_channel_output_shift =
           static_cast<int32_t*>(context->AllocatePersistentBuffer(context, channels * sizeof(int32_t)));
-      status = tflite::CalculateOpDataConv(context, node, params, input->dims->data[2], input->dims->data[1], 1, 1,
-                                           output->dims->data[2], output->dims->data[1], input->type, &data->conv);
+      status = tflite::CalculateOpDataConv(context, node, params, input->dims->data[2], input->dims->data[1],
+                                           filter->dims->data[2], filter->dims->data[1], output->dims->data[2],
+                                           output->dims->data[1], input->type, &data->conv);
     }
+    // A GEMM row: one group's input channels, or one im2col row.
+    const int row = data->path == Path::kIm2col
+                        ? filter->dims->data[1] * filter->dims->data[2] * filter->dims->data[3]
+                        : filter->dims->data[3];
+    const int padded_row = (row + 3) & ~3;
     data->widened_buffer_index = -1;
+    data->im2col_buffer_index = -1;
 #if defined(KS_CONV_DSP)
     // Two filter rows as halfwords, padded to 4 columns: 4 bytes per column
     // (640 B for ShuffleNet 0.5x's deepest group).
-    const int padded_columns = (filter->dims->data[3] + 3) & ~3;
     if (status == kTfLiteOk) {
-      status = context->RequestScratchBufferInArena(context, padded_columns * 4, &data->widened_buffer_index);
+      status = context->RequestScratchBufferInArena(context, padded_row * 4, &data->widened_buffer_index);
     }
 #endif
+    if (status == kTfLiteOk && data->path == Path::kIm2col) {
+      status = context->RequestScratchBufferInArena(context, kIm2colPixels * padded_row, &data->im2col_buffer_index);
+    }
   }
   micro_context->DeallocateTempTfLiteTensor(input);
   micro_context->DeallocateTempTfLiteTensor(filter);
   if (bias != nullptr) micro_context->DeallocateTempTfLiteTensor(bias);
   micro_context->DeallocateTempTfLiteTensor(output);
-  if (status != kTfLiteOk || data->handled) return status;
+  if (status != kTfLiteOk || data->path != Path::kStock) return status;
   return PrepareStock(Stock(), &data->stock_data, context, node);
+}
+
+// The im2col rows of output pixels [first, first + count): each row holds the
+// filter window's inputs (height x width x channels), and the input's zero
+// point where the window leaves the image, which then adds nothing, as in
+// TFLM's reference kernel that skips those taps.
+void FillIm2col(const TfLiteEvalTensor* input, const TfLiteEvalTensor* filter, const TfLiteConvParams& params,
+                const tflite::OpDataConv& conv, int out_width, int out_pixels_per_image, int first, int count,
+                int row_bytes, int8_t* rows) {
+  const int in_height = input->dims->data[1], in_width = input->dims->data[2], channels = input->dims->data[3];
+  const int filter_height = filter->dims->data[1], filter_width = filter->dims->data[2];
+  const int8_t* in = tflite::micro::GetTensorData<int8_t>(input);
+  const int8_t zero = static_cast<int8_t>(conv.input_zero_point);
+  for (int i = 0; i < count; ++i) {
+    const int pixel = first + i;
+    const int batch = pixel / out_pixels_per_image;
+    const int out_y = (pixel % out_pixels_per_image) / out_width, out_x = pixel % out_width;
+    const int8_t* image = in + batch * in_height * in_width * channels;
+    int8_t* row = rows + i * row_bytes;
+    for (int fy = 0; fy < filter_height; ++fy) {
+      const int y = out_y * params.stride_height - conv.padding.height + fy * params.dilation_height_factor;
+      for (int fx = 0; fx < filter_width; ++fx) {
+        const int x = out_x * params.stride_width - conv.padding.width + fx * params.dilation_width_factor;
+        const bool inside = y >= 0 && y < in_height && x >= 0 && x < in_width;
+        const int8_t* source = image + (y * in_width + x) * channels;
+        for (int c = 0; c < channels; ++c) *row++ = inside ? source[c] : zero;
+      }
+    }
+    for (int8_t* end = rows + (i + 1) * row_bytes; row < end;) *row++ = zero;  // The padding to 4 bytes.
+  }
+}
+
+// The GEMM's parameters that come from the node's quantization.
+GroupGemm QuantizedGemm(TfLiteContext* context, const OpData& data) {
+  GroupGemm gemm;
+  gemm.input_offset = -data.conv.input_zero_point;
+  gemm.output_offset = data.conv.output_zero_point;
+  gemm.activation_min = data.conv.output_activation_min;
+  gemm.activation_max = data.conv.output_activation_max;
+  gemm.widened = data.widened_buffer_index < 0
+                     ? nullptr
+                     : static_cast<uint32_t*>(context->GetScratchBuffer(context, data.widened_buffer_index));
+  return gemm;
+}
+
+// A conv as GEMMs over blocks of kIm2colPixels im2col rows.
+TfLiteStatus InvokeIm2col(TfLiteContext* context, TfLiteNode* node, const OpData& data) {
+  const auto& params = *static_cast<const TfLiteConvParams*>(node->builtin_data);
+  const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, tflite::kConvInputTensor);
+  const TfLiteEvalTensor* filter = tflite::micro::GetEvalInput(context, node, tflite::kConvWeightsTensor);
+  const TfLiteEvalTensor* bias = tflite::micro::GetEvalInput(context, node, tflite::kConvBiasTensor);
+  TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, tflite::kConvOutputTensor);
+  const int depth = filter->dims->data[1] * filter->dims->data[2] * filter->dims->data[3];
+  const int row_bytes = (depth + 3) & ~3;
+  const int out_width = output->dims->data[2];
+  const int out_pixels_per_image = output->dims->data[1] * out_width;
+  const int pixels = output->dims->data[0] * out_pixels_per_image;
+  const int channels = output->dims->data[3];
+  int8_t* rows = static_cast<int8_t*>(context->GetScratchBuffer(context, data.im2col_buffer_index));
+  GroupGemm gemm = QuantizedGemm(context, data);
+  gemm.input = rows;
+  gemm.input_stride = row_bytes;
+  gemm.filter = tflite::micro::GetTensorData<int8_t>(filter);
+  gemm.bias = bias == nullptr ? nullptr : tflite::micro::GetTensorData<int32_t>(bias);
+  gemm.multiplier = data.conv.per_channel_output_multiplier;
+  gemm.shift = data.conv.per_channel_output_shift;
+  gemm.output_stride = channels;
+  gemm.channels = channels;
+  gemm.depth = depth;
+  for (int first = 0; first < pixels; first += kIm2colPixels) {
+    const int count = pixels - first < kIm2colPixels ? pixels - first : kIm2colPixels;
+    FillIm2col(input, filter, params, data.conv, out_width, out_pixels_per_image, first, count, row_bytes, rows);
+    gemm.pixels = count;
+    gemm.input_end = rows + count * row_bytes;
+    gemm.output = tflite::micro::GetTensorData<int8_t>(output) + first * channels;
+    RunGroupGemm(gemm);
+  }
+  return kTfLiteOk;
 }
 
 TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
-  if (!data->handled) return InvokeStock(Stock(), data->stock_data, context, node);
+  if (data->path == Path::kStock) return InvokeStock(Stock(), data->stock_data, context, node);
+  if (data->path == Path::kIm2col) return InvokeIm2col(context, node, *data);
   const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, tflite::kConvInputTensor);
   const TfLiteEvalTensor* filter = tflite::micro::GetEvalInput(context, node, tflite::kConvWeightsTensor);
   const TfLiteEvalTensor* bias = tflite::micro::GetEvalInput(context, node, tflite::kConvBiasTensor);
@@ -396,7 +501,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   int8_t* output_data = tflite::micro::GetTensorData<int8_t>(output);
   for (int group = 0; group < groups; ++group) {
     const int first_channel = group * channels;
-    GroupGemm gemm;
+    GroupGemm gemm = QuantizedGemm(context, *data);
     gemm.input = input_data + group * depth;
     gemm.input_stride = input_channels;
     gemm.filter = filter_data + first_channel * depth;
@@ -408,14 +513,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
     gemm.pixels = input->dims->data[0] * input->dims->data[1] * input->dims->data[2];
     gemm.channels = channels;
     gemm.depth = depth;
-    gemm.input_offset = -data->conv.input_zero_point;
-    gemm.output_offset = data->conv.output_zero_point;
-    gemm.activation_min = data->conv.output_activation_min;
-    gemm.activation_max = data->conv.output_activation_max;
     gemm.input_end = input_data + tflite::micro::GetTensorShape(input).FlatSize();
-    gemm.widened = data->widened_buffer_index < 0
-                       ? nullptr
-                       : static_cast<uint32_t*>(context->GetScratchBuffer(context, data->widened_buffer_index));
     RunGroupGemm(gemm);
   }
   return kTfLiteOk;
