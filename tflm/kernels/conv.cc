@@ -1,4 +1,4 @@
-/* int8 grouped 1x1 CONV_2D with stride 1.
+/* int8 CONV_2D for grouped 1x1 convolutions and for stems.
 
    CMSIS-NN takes its 1x1 fast path only when the input channels equal the
    filter's, so every grouped 1x1 convolution (ShuffleNet's pointwise group
@@ -15,10 +15,17 @@
    - Cortex-M with MVE (M55): CMSIS-NN's arm_nn_mat_mult_nt_t_s8 per group,
      which honours both row strides there.
    - Elsewhere: the same loops in portable C.
+   An ungrouped conv whose filter window holds at most 128 values (a stem over
+   an RGB image: 3x3x3) runs the same GEMM over im2col rows built for 16
+   output pixels at a time (2 KiB of scratch); a tap outside the image holds
+   the input's zero point, so it adds nothing, as TFLM skips it.
 
-   Handled: int8 input, filter and output, a 1x1 filter, stride 1, groups > 1, int32 or no
-   bias, weights stored uncompressed. Everything else (other filter sizes,
-   strides, ungrouped, int4 weights, int16, float) goes to the stock CONV_2D. */
+   Handled: int8 input, filter and output, int32 or no bias, weights stored
+   uncompressed, and either groups > 1 with a 1x1 filter, stride 1 and at least
+   8 pixels, or one group and a window of at most 128 values that is not 1x1
+   with stride 1. Everything else (ungrouped 1x1, which CMSIS-NN's fast path
+   serves; deeper windows; int4 weights; int16; float) goes to the stock
+   CONV_2D. */
 
 #include <cstdint>
 #include <cstring>

@@ -26,7 +26,8 @@ namespace keras_shufflenet {
 // 256-entry table, one requantization per element.
 TFLMRegistration Register_ADD();
 
-// int8 grouped 1x1 CONV_2D with stride 1: per group, a GEMM that reads
+// int8 grouped 1x1 CONV_2D with stride 1, and stems (an ungrouped window of at
+// most 128 values) through im2col: per group, a GEMM that reads
 // the group's input channels and writes its output channels in place.
 TFLMRegistration Register_CONV_2D();
 
