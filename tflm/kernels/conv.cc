@@ -15,15 +15,15 @@
    - Cortex-M with MVE (M55): CMSIS-NN's arm_nn_mat_mult_nt_t_s8 per group,
      which honours both row strides there.
    - Elsewhere: the same loops in portable C.
-   An ungrouped conv whose filter window holds at most 128 values (a stem over
-   an RGB image: 3x3x3) runs the same GEMM over im2col rows built for 16
+   Without MVE, an ungrouped conv whose filter window holds at most 128 values
+   (a stem over an RGB image: 3x3x3) runs the same GEMM over im2col rows built for 16
    output pixels at a time (2 KiB of scratch); a tap outside the image holds
    the input's zero point, so it adds nothing, as TFLM skips it.
 
    Handled: int8 input, filter and output, int32 or no bias, weights stored
    uncompressed, and either groups > 1 with a 1x1 filter, stride 1 and at least
-   8 pixels, or one group and a window of at most 128 values that is not 1x1
-   with stride 1. Everything else (ungrouped 1x1, which CMSIS-NN's fast path
+   8 pixels, or (without MVE) one group and a window of at most 128 values that
+   is not 1x1 with stride 1. Everything else (ungrouped 1x1, which CMSIS-NN's fast path
    serves; deeper windows; int4 weights; int16; float) goes to the stock
    CONV_2D. */
 
@@ -41,9 +41,13 @@
 #if defined(__ARM_FEATURE_MVE) && defined(CMSIS_NN)
 #include "arm_nnsupportfunctions.h"
 #define KS_CONV_MVE 1
+constexpr bool kMve = true;
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #include <arm_acle.h>
 #define KS_CONV_DSP 1
+constexpr bool kMve = false;
+#else
+constexpr bool kMve = false;
 #endif
 
 namespace keras_shufflenet {
@@ -351,9 +355,10 @@ Path ChoosePath(TfLiteContext* context, TfLiteNode* node, const TfLiteConvParams
                                                                                                    : Path::kStock;
   }
   // Ungrouped: 1x1 with stride 1 takes CMSIS-NN's own fast path; other
-  // filters with short im2col rows (a stem over 1 to 4 channels) come here.
+  // filters with short im2col rows (a stem over 1 to 4 channels) come here,
+  // except with MVE, where CMSIS-NN's own im2col kernel is faster.
   const int depth = filter->dims->data[1] * filter->dims->data[2] * filter_depth;
-  return !pointwise && ((depth + 3) & ~3) <= kIm2colMaxDepth ? Path::kIm2col : Path::kStock;
+  return !kMve && !pointwise && ((depth + 3) & ~3) <= kIm2colMaxDepth ? Path::kIm2col : Path::kStock;
 }
 
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {

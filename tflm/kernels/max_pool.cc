@@ -4,7 +4,8 @@
    for ShuffleNet's 3x3 / 2 pool over 12 channels. Here each output pixel takes
    the window's input words four channels at a time: on DSP cores one SSUB8
    and one SEL per word and window position (a per-byte signed max), then the
-   activation's bounds the same way. The result is TFLM's reference max pool,
+   activation's bounds the same way; with MVE, 16 channels at a time (VMAX).
+   The result is TFLM's reference max pool,
    byte for byte: the max over the window clipped to the input, then clamped.
 
    Handled: int8 input and output (TFLM's PoolingPrepare checks that they are
@@ -22,6 +23,11 @@
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/kernels/pooling.h"
 #include "tensorflow/lite/micro/micro_context.h"
+
+#if defined(__ARM_FEATURE_MVE) && defined(CMSIS_NN)
+#include <arm_mve.h>
+#define KS_MAX_POOL_MVE 1
+#endif
 
 namespace keras_shufflenet {
 namespace {
@@ -111,6 +117,22 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
         const int x_origin = out_x * params->stride_width - data->pooling.padding.width;
         const int x_start = x_origin < 0 ? 0 : x_origin;
         const int x_end = x_origin + params->filter_width < in_width ? x_origin + params->filter_width : in_width;
+#if defined(KS_MAX_POOL_MVE)
+        // With MVE: 16 channels at a time, the last ones tail-predicated.
+        for (int channel = 0; channel < channels; channel += 16) {
+          const mve_pred16_t lanes = vctp8q(static_cast<uint32_t>(channels - channel));
+          int8x16_t max = vdupq_n_s8(-128);
+          for (int y = y_start; y < y_end; ++y) {
+            const int8_t* row = image + (y * in_width) * channels + channel;
+            for (int x = x_start; x < x_end; ++x) max = vmaxq_s8(max, vldrbq_z_s8(row + x * channels, lanes));
+          }
+          max = vminq_s8(vmaxq_s8(max, vdupq_n_s8(static_cast<int8_t>(data->pooling.activation_min))),
+                         vdupq_n_s8(static_cast<int8_t>(data->pooling.activation_max)));
+          vstrbq_p_s8(out + channel, max, lanes);
+        }
+        out += channels;
+        continue;
+#endif
         for (int word = 0; word < words; ++word) {
           uint32_t max = 0x80808080u;  // -128 in every byte: an empty window gives the lower bound.
           for (int y = y_start; y < y_end; ++y) {

@@ -3,7 +3,8 @@
 
    Each [rows, cols] block is read row by row and written with a stride of
    `rows` bytes (ShuffleNet's group count); for 3 groups the stride is a
-   compile-time constant, an immediate in the stores.
+   compile-time constant, an immediate in the stores. With MVE, 16 bytes of
+   a row go at a time, scattered to their places.
 
    Handled: int8, at least 2 dimensions, a constant int32 permutation that
    swaps the last two. Everything else goes to the stock TRANSPOSE. */
@@ -16,6 +17,10 @@
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/kernels/transpose.h"
 #include "tensorflow/lite/micro/micro_context.h"
+
+#if defined(__ARM_FEATURE_MVE) && defined(CMSIS_NN)
+#include <arm_mve.h>
+#endif
 
 namespace keras_shufflenet {
 namespace {
@@ -85,6 +90,25 @@ void TransposeBlocks(const int8_t* input, int8_t* output, int blocks, int rows, 
   }
 }
 
+#if defined(__ARM_FEATURE_MVE) && defined(CMSIS_NN)
+// With MVE: 16 bytes of a row at a time, loaded in order and scattered to
+// their places `rows` bytes apart (tail-predicated at the row's end).
+void TransposeBlocksMve(const int8_t* input, int8_t* output, int blocks, int rows, int cols) {
+  const uint8x16_t offsets = vmulq_n_u8(vidupq_n_u8(0, 1), static_cast<uint8_t>(rows));
+  for (int block = 0; block < blocks; ++block) {
+    for (int row = 0; row < rows; ++row) {
+      for (int col = 0; col < cols; col += 16) {
+        const mve_pred16_t lanes = vctp8q(static_cast<uint32_t>(cols - col));
+        const int8x16_t values = vldrbq_z_s8(input + col, lanes);
+        vstrbq_scatter_offset_p_s8(output + row + col * rows, offsets, values, lanes);
+      }
+      input += cols;
+    }
+    output += rows * cols;
+  }
+}
+#endif
+
 TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
   if (!data->handled) return InvokeStock(Stock(), data->stock_data, context, node);
@@ -97,6 +121,12 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
   for (int i = 0; i < dims - 2; ++i) blocks *= input->dims->data[i];
   const int8_t* in = tflite::micro::GetTensorData<int8_t>(input);
   int8_t* out = tflite::micro::GetTensorData<int8_t>(output);
+#if defined(__ARM_FEATURE_MVE) && defined(CMSIS_NN)
+  if (rows <= 16) {  // The scatter's byte offsets reach 15 * rows.
+    TransposeBlocksMve(in, out, blocks, rows, cols);
+    return kTfLiteOk;
+  }
+#endif
   // Three groups, the paper's choice, get their own copy of the loop; other
   // group counts share one (flash is what a board runs short of).
   if (rows == 3) {
