@@ -196,9 +196,11 @@ def project_kernels_section(results: dict[str, dict[str, Any]], section: str = "
             lines += [f"**{label}, {core}**", "", markdown_table(header, rows), "", sizes, ""]
     if not lines:
         return []
+    goals = kernel_goals(results)
     return [
         f"{section} The project's kernels against stock CMSIS-NN",
         "",
+        *([markdown_table(["goal", "target", "measured"], goals), ""] if goals else []),
         "`KERNELS=shufflenet` is CMSIS-NN plus the project's kernels (`tflm/kernels/`: ADD, grouped 1x1 CONV_2D, "
         "MEAN over height and width), which hand every other case to CMSIS-NN's kernels. Instructions per "
         "`Invoke()`, by op type:",
@@ -280,6 +282,28 @@ def goal_ratios(results: dict[str, dict[str, Any]], key: str = "cortex-m4_cmsis_
     if rs["instructions_per_invoke"] and rm["instructions_per_invoke"]:
         ratios["instructions per MAC"] = _per_mac(s, key) / _per_mac(m, key)
     return ratios
+
+
+def kernel_goals(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The project kernels' goals: ShuffleNet with them against MobileNetV1 α=0.25 on stock CMSIS-NN, per core.
+
+    Rows of [goal, target, measured]: M4 and M7 at most MobileNet's
+    instructions, M55 at most 1.2x; flash and RAM at most 3 % over stock CMSIS-NN.
+    """
+    s, m = results.get(SHUFFLENET.label, {}), results.get(MOBILENET_VWW.label, {})
+    rows = []
+    for core, limit in (("cortex-m4", 1.0), ("cortex-m7", 1.0), ("cortex-m55", 1.2)):
+        ours, stock, mobilenet = s.get(f"{core}_shufflenet"), s.get(f"{core}_cmsis_nn"), m.get(f"{core}_cmsis_nn")
+        if not ours or not stock or not mobilenet or not ours["instructions_per_invoke"]:
+            continue
+        n, n_stock, n_mobile = (r["instructions_per_invoke"] for r in (ours, stock, mobilenet))
+        rows.append([f"{core}: ShuffleNet 0.5x g3 with the project's kernels / MobileNet a=0.25 on CMSIS-NN, "
+                     "instructions", f"≤ {limit:.1f}", f"{n / n_mobile:.3f} ({n / 1e6:.2f} M / {n_mobile / 1e6:.2f} M; "
+                     f"stock CMSIS-NN {n_stock / 1e6:.2f} M)"])  # fmt: skip
+        rows.append([f"{core}: flash and RAM with the project's kernels / stock CMSIS-NN", "≤ 1.03",
+                     f"{ours['flash_bytes'] / stock['flash_bytes']:.3f} and "
+                     f"{ours['ram_bytes'] / stock['ram_bytes']:.3f}"])  # fmt: skip
+    return rows
 
 
 def available() -> str | None:

@@ -114,6 +114,7 @@ def _goals(keras_results: Any, tflite_results: Any, tflm: Any, firmware: Any = N
     if firmware:
         for name, ratio in firmware_cost.goal_ratios(firmware).items():
             rows.append([f"Cortex-M4, CMSIS-NN: ShuffleNet 0.5x g3 / MobileNet a=0.25, {name}", "≤ 1", f"{ratio:.2f}"])
+        rows += firmware_cost.kernel_goals(firmware)
     if tflm and tflm_cost.SHUFFLENET_05X_G3 in tflm and tflm_cost.MOBILENET_VWW in tflm:
         s, m = tflm[tflm_cost.SHUFFLENET_05X_G3], tflm[tflm_cost.MOBILENET_VWW]
         ratio = s.instructions_per_mac / m.instructions_per_mac
