@@ -148,8 +148,9 @@ def test_the_project_kernels_beat_stock_cmsis_nn_on_each_op_they_replace(quickst
         assert project_ops[op] < stock_ops[op], op
     for op in set(stock_ops) - replaced:
         assert project_ops[op] == stock_ops[op], op  # The other ops run the same stock kernels.
-    # The arena grows by at most the ADD's 2 KiB of tables (scratch, which later ops reuse).
-    assert project["arena_used_bytes"] <= stock["arena_used_bytes"] + 2048 + 64
+    # The arena grows by the kernels' scratch (the ADD's 2 KiB of tables, the conv's widened filter
+    # rows and im2col rows, reused by later ops) and their node data: about 3 KB here.
+    assert project["arena_used_bytes"] <= stock["arena_used_bytes"] + 4096
 
 
 @pytest.mark.slow
