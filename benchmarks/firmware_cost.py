@@ -68,7 +68,7 @@ def measure(
         entry["requantized_outputs"] = {op: elements.get(op, 0) for op in REQUANTIZING_OPS}
         for core in cores:
             for kernels in firmware.KERNELS:
-                count = kernels == "cmsis_nn" or core in reference_cores
+                count = kernels != "reference" or core in reference_cores
                 out = firmware.firmware_dir(run_dir, core, kernels)
                 try:
                     result = firmware.build_and_measure(os.path.join(run_dir, "tflm"), core, kernels, out, count=count)
