@@ -27,7 +27,7 @@ needs_arm = pytest.mark.skipif(
     shutil.which("arm-none-eabi-g++") is None or shutil.which("qemu-arm") is None,
     reason="arm-none-eabi-g++ or qemu-arm is not installed",
 )
-CASES = 300
+CASES = 350
 KERNELS = ("ADD", "CONV_2D", "MEAN", "MAX_POOL_2D", "TRANSPOSE")
 _TALLY = re.compile(r"^(\w+): (\d+) cases handled, (\d+) through the stock kernel, (\d+) refused in Prepare; (\d+)")
 

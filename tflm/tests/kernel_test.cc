@@ -9,7 +9,7 @@
    permutations, float) must give the same bytes through its fallback to the stock kernel.
    Inconsistent quantization must fail Prepare.
 
-   Usage: kernel_test [cases per kernel (250)] [seed (1)]
+   Usage: kernel_test [cases per kernel (350)] [seed (1)]
    Prints one line per kernel and exits with 1 on any mismatch. */
 
 #include <cmath>
@@ -607,7 +607,7 @@ void TestMaxPool(Random& random, int cases, Tally& tally) {
 }  // namespace
 
 int main(int argc, char* argv[]) {
-  const int cases = argc > 1 ? std::atoi(argv[1]) : 250;
+  const int cases = argc > 1 ? std::atoi(argv[1]) : 350;
   const uint32_t seed = argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 1;
   Random random(seed);
   Tally tallies[6] = {{"REQUANTIZE"}, {"ADD"}, {"CONV_2D"}, {"MEAN"}, {"MAX_POOL_2D"}, {"TRANSPOSE"}};
