@@ -182,7 +182,8 @@ def build(
     Args:
       model_dir: The ``tflm/`` folder an export wrote.
       target: One of ``TARGETS``.
-      kernels: ``"reference"`` or ``"cmsis_nn"`` (Arm's CMSIS-NN kernels).
+      kernels: One of ``KERNELS``: ``"reference"``, ``"cmsis_nn"`` (Arm's CMSIS-NN kernels) or ``"shufflenet"``
+        (CMSIS-NN plus the project's kernels in ``tflm/kernels/``).
       build_dir: Where to build. Defaults to ``<model_dir>/../firmware/<target>_<kernels>/build``.
       tflm_tree: A TFLM tree, or a folder with ``reference/`` and ``cmsis_nn/`` trees.
         Defaults to ``$TFLM_TREE``, else the project's shared trees.
