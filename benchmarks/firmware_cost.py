@@ -203,9 +203,9 @@ def project_kernels_section(results: dict[str, dict[str, Any]], section: str = "
         f"{section} The project's kernels against stock CMSIS-NN",
         "",
         *([markdown_table(["goal", "target", "measured"], goals), ""] if goals else []),
-        "`KERNELS=shufflenet` is CMSIS-NN plus the project's kernels (`tflm/kernels/`: ADD, grouped 1x1 CONV_2D, "
-        "MEAN over height and width), which hand every other case to CMSIS-NN's kernels. Instructions per "
-        "`Invoke()`, by op type:",
+        "`KERNELS=shufflenet` is CMSIS-NN plus the project's kernels (`tflm/kernels/`: ADD, grouped 1x1 and stem "
+        "CONV_2D, MAX_POOL_2D, MEAN over height and width, the shuffle's TRANSPOSE), which hand every other case "
+        "to CMSIS-NN's kernels. Instructions per `Invoke()`, by op type:",
         "",
         *lines,
     ]
