@@ -52,10 +52,6 @@ const TFLMRegistration& Stock() {
   return stock;
 }
 
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
 // A quantized tensor's scale and zero point, as TFLM's ADD needs them.
 TfLiteStatus CheckQuantization(TfLiteContext* context, const TfLiteTensor* tensor, const char* name) {
   TF_LITE_ENSURE_MSG(context, tensor->quantization.type == kTfLiteAffineQuantization,
@@ -214,11 +210,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
 }  // namespace
 
 TFLMRegistration Register_ADD() {
-  TFLMRegistration registration = Stock();
-  registration.init = Init;
-  registration.prepare = Prepare;
-  registration.invoke = Invoke;
-  return registration;
+  return ProjectRegistration(Stock(), InitNodeData<OpData>, Prepare, Invoke);
 }
 
 }  // namespace keras_shufflenet

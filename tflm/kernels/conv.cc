@@ -76,10 +76,6 @@ const TFLMRegistration& Stock() {
   return stock;
 }
 
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
 // One group's GEMM: output[p][c] = requantize(bias[c] + sum_k (input[p][k] + offset) * filter[c][k]).
 struct GroupGemm {
   const int8_t* input;  // The group's first input channel of pixel 0.
@@ -534,11 +530,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
 }  // namespace
 
 TFLMRegistration Register_CONV_2D() {
-  TFLMRegistration registration = Stock();
-  registration.init = Init;
-  registration.prepare = Prepare;
-  registration.invoke = Invoke;
-  return registration;
+  return ProjectRegistration(Stock(), InitNodeData<OpData>, Prepare, Invoke);
 }
 
 }  // namespace keras_shufflenet

@@ -83,6 +83,25 @@ inline int32_t RequantizeFast(int32_t x, const FastRequantizer& q) {
 #endif
 }
 
+// A project kernel's Init: its node data, a T in the arena's persistent part.
+template <typename T>
+void* InitNodeData(TfLiteContext* context, const char* buffer, size_t length) {
+  return context->AllocatePersistentBuffer(context, sizeof(T));
+}
+
+// The project's registration of an op: the stock one (its builtin code,
+// free and reset) with the project's Init, Prepare and Invoke.
+inline TFLMRegistration ProjectRegistration(const TFLMRegistration& stock,
+                                            void* (*init)(TfLiteContext*, const char*, size_t),
+                                            TfLiteStatus (*prepare)(TfLiteContext*, TfLiteNode*),
+                                            TfLiteStatus (*invoke)(TfLiteContext*, TfLiteNode*)) {
+  TFLMRegistration registration = stock;
+  registration.init = init;
+  registration.prepare = prepare;
+  registration.invoke = invoke;
+  return registration;
+}
+
 // A case a project kernel does not handle goes to `stock`, the kernel it
 // replaces. The stock kernel's node data is created only then, in Prepare, so
 // a handled node costs no memory for it; `*stock_data` keeps it.

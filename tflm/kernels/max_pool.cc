@@ -43,10 +43,6 @@ const TFLMRegistration& Stock() {
   return stock;
 }
 
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   auto* data = static_cast<OpData*>(node->user_data);
   tflite::MicroContext* micro_context = tflite::GetMicroContext(context);
@@ -167,11 +163,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
 }  // namespace
 
 TFLMRegistration Register_MAX_POOL_2D() {
-  TFLMRegistration registration = Stock();
-  registration.init = Init;
-  registration.prepare = Prepare;
-  registration.invoke = Invoke;
-  return registration;
+  return ProjectRegistration(Stock(), InitNodeData<OpData>, Prepare, Invoke);
 }
 
 }  // namespace keras_shufflenet

@@ -39,10 +39,6 @@ const TFLMRegistration& Stock() {
   return stock;
 }
 
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
 bool OverHeightAndWidth(const TfLiteTensor* input, const TfLiteTensor* axis, const TfLiteTensor* output) {
   if (input->type != kTfLiteInt8 || output->type != kTfLiteInt8 || input->dims->size != 4) return false;
   if (axis->type != kTfLiteInt32 || !tflite::IsConstantTensor(axis) || tflite::NumElements(axis) != 2) return false;
@@ -119,11 +115,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
 }  // namespace
 
 TFLMRegistration Register_MEAN() {
-  TFLMRegistration registration = Stock();
-  registration.init = Init;
-  registration.prepare = Prepare;
-  registration.invoke = Invoke;
-  return registration;
+  return ProjectRegistration(Stock(), InitNodeData<OpData>, Prepare, Invoke);
 }
 
 }  // namespace keras_shufflenet

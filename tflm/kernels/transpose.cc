@@ -35,10 +35,6 @@ const TFLMRegistration& Stock() {
   return stock;
 }
 
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
 bool SwapsLastTwo(const TfLiteTensor* input, const TfLiteTensor* perm, const TfLiteTensor* output) {
   if (input->type != kTfLiteInt8 || output->type != kTfLiteInt8) return false;
   if (perm->type != kTfLiteInt32 || !tflite::IsConstantTensor(perm)) return false;
@@ -140,11 +136,7 @@ TfLiteStatus Invoke(TfLiteContext* context, TfLiteNode* node) {
 }  // namespace
 
 TFLMRegistration Register_TRANSPOSE() {
-  TFLMRegistration registration = Stock();
-  registration.init = Init;
-  registration.prepare = Prepare;
-  registration.invoke = Invoke;
-  return registration;
+  return ProjectRegistration(Stock(), InitNodeData<OpData>, Prepare, Invoke);
 }
 
 }  // namespace keras_shufflenet
