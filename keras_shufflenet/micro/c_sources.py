@@ -172,15 +172,9 @@ def set_32bit_arena(settings_header: str, used_bytes: int, measured_on: Sequence
     return pattern.sub(lambda _: f"{comment}\nconstexpr int kTensorArenaSize32 = {size};", settings_header), size
 
 
-# The builtin operators that the project's own kernels (tflm/kernels/) implement,
-# with the function that returns each registration.
-PROJECT_KERNELS: dict[str, str] = {
-    "ADD": "Register_ADD",
-    "CONV_2D": "Register_CONV_2D",
-    "MAX_POOL_2D": "Register_MAX_POOL_2D",
-    "MEAN": "Register_MEAN",
-    "TRANSPOSE": "Register_TRANSPOSE",
-}
+# The builtin operators that the project's own kernels (tflm/kernels/) implement;
+# keras_shufflenet::Register_<op>() returns each one's registration.
+PROJECT_KERNELS = frozenset({"ADD", "CONV_2D", "MAX_POOL_2D", "MEAN", "TRANSPOSE"})
 # Defined by a build that compiles tflm/kernels/ (tflm/Makefile's KERNELS=shufflenet).
 PROJECT_KERNELS_MACRO = "KERAS_SHUFFLENET_KERNELS"
 
