@@ -53,7 +53,9 @@ format: $(STAMP)
 #   under Keras 3; under tf_keras only what differs there (tfmot, the layers,
 #   the builder, serialization: markers legacy_keras and dual_keras).
 # - `make test-rest`: the rest (marker slow: every core and kernel set, the long
-#   exports), and the remaining unit tests under tf_keras. `make test-all` runs both.
+#   exports), and under tf_keras the slow tests of what differs there.
+#   `make test-all` runs both. Tests that do not depend on the Keras in use
+#   (neither marker) run under Keras 3 only.
 # A trained quickstart model and its exports are cached between the runs (tests/quickstart_fixture.py).
 KERAS2 := TF_USE_LEGACY_KERAS=1
 PYTEST := $(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
@@ -69,8 +71,7 @@ XDIST := -n 2 --dist loadfile
 
 test-rest: $(STAMP)
 	$(PYTEST) $(XDIST) -m "slow" tests || test $$? -eq 5
-	$(KERAS2) $(PYTEST) $(XDIST) -m "(slow and legacy_keras) or not (slow or e2e or legacy_keras or dual_keras)" tests \
-	  || test $$? -eq 5
+	$(KERAS2) $(PYTEST) $(XDIST) -m "slow and (legacy_keras or dual_keras)" tests || test $$? -eq 5
 
 test-all: test test-rest
 
