@@ -238,19 +238,70 @@ def test_compression_for_a_quantization_it_cannot_serve_is_refused(quantize, wei
         TrainConfig.from_flat(flags)
 
 
-def test_clustering_a_keras3_model_explains_tf_keras(tmp_path):
-    if type(keras.layers.Dense(1)).__module__.startswith("tf_keras"):
-        pytest.skip("runs under Keras 3")
-    model = ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.25, groups=3)
-    data = tf.data.Dataset.from_tensor_slices((np.zeros((4, 32, 32, 1), np.float32), np.zeros(4, np.int64))).batch(2)
-    with pytest.raises(ValueError, match="compression.clusters=8.*TF_USE_LEGACY_KERAS=1"):
-        export(
-            model,
-            [np.zeros((2, 32, 32, 1), np.float32)],
-            str(tmp_path / "o"),
-            train_data=data,
-            compression={"clusters": 8},
-        )
+def test_kmeans_finds_the_means_of_separated_groups():
+    from keras_shufflenet.micro.compression import kmeans_1d, nearest_centroid
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(center, 0.01, size) for center, size in ((-1.0, 50), (0.2, 200), (3.0, 20))]
+    centroids = kmeans_1d(np.concatenate(groups), 3)
+    np.testing.assert_allclose(centroids, [group.mean() for group in groups], atol=1e-9)
+    np.testing.assert_array_equal(nearest_centroid(np.array([-5.0, 1.5, 1.7, 9.0]), centroids), [0, 1, 2, 2])
+    # Fewer distinct values than clusters: those values.
+    np.testing.assert_array_equal(kmeans_1d(np.array([2.0, -1.0, 2.0]), 4), [-1.0, 2.0])
+
+
+def _distinct_per_channel(kernel):
+    return max(len(np.unique(row)) for row in np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1))
+
+
+@pytest.mark.dual_keras
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_clustering_fine_tunes_folded_kernels_at_shared_values(rng, per_channel):
+    from keras_shufflenet.micro.compression import cluster
+
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=(16, 16, 1), classes=4, scale_factor=0.25, groups=3, output_stride=8)
+    images = rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 4, 16))).batch(8)
+    gconv = model.get_layer("stage3_unit2_gconv1")
+    kernel = gconv.get_weights()[0]
+    kernel[..., 0] = 0  # As pruning leaves a kernel: these stay 0.
+    gconv.set_weights([kernel])
+    before = [w.copy() for w in model.get_weights()]
+
+    clustered = cluster(
+        model,
+        data,
+        8,
+        1,
+        per_channel=per_channel,
+        preserve_sparsity=True,
+        layer_clusters={"stage3": 3},
+        learning_rate=1e-2,
+    )
+
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in clustered.layers)
+    for layer in clustered.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and not isinstance(
+            layer, keras.layers.DepthwiseConv2D
+        ):
+            weights = layer.get_weights()[0]
+            limit = 3 if layer.name.startswith("stage3") else 8
+            live = weights if not layer.name == gconv.name else weights[..., 1:]
+            count = (
+                _distinct_per_channel(live)
+                if per_channel and isinstance(layer, keras.layers.Conv2D)
+                else len(np.unique(live))
+            )
+            assert count <= limit, layer.name
+    folded = clustered.get_layer(gconv.name).get_weights()[0]
+    assert not folded[..., 0].any()
+    # The fine-tune moved the shared values; the caller's model is untouched.
+    assert not np.allclose(
+        folded[..., 1:], graph.fold_batch_norms(model).get_layer(gconv.name).get_weights()[0][..., 1:]
+    )
+    for original, now in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, now)
 
 
 def test_the_clustering_fine_tune_decays_its_learning_rate_to_zero_on_a_cosine():
@@ -264,7 +315,6 @@ def test_the_clustering_fine_tune_decays_its_learning_rate_to_zero_on_a_cosine()
 
 
 @pytest.mark.slow
-@pytest.mark.legacy_keras
 def test_clustered_export_stores_luts_decoded_bit_identical_in_tflm(tmp_path, rng):
     keras.utils.set_random_seed(0)
     model = ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.5, groups=3)

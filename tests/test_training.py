@@ -223,11 +223,13 @@ def test_batch_size_must_divide_across_replicas(tmp_path: os.PathLike) -> None:
         training.train(config, strategy=two_replicas)
 
 
-def test_clustering_flags_become_the_exports_compression_and_need_tfmot() -> None:
+def test_clustering_flags_become_the_exports_compression_without_tfmot() -> None:
     flags = {"quantize": "ptq", "weight_quantization": "per_tensor", "clusters": 16, "layer_clusters": "stage4:4"}
     micro_config = training.TrainConfig.from_flat(flags).micro
     assert micro_config.compression == Compression(clusters=16, layer_clusters={"stage4": 4})
-    assert micro_config.needs_tfmot
+    # Clustering runs in the training process; only pruning and QAT need tfmot's Keras 2 child.
+    assert not micro_config.needs_tfmot
+    assert training.TrainConfig.from_flat({**flags, "prune_sparsity": 0.5}).micro.needs_tfmot
     tuned = training.TrainConfig.from_flat({**flags, "cluster_epochs": 4, "cluster_learning_rate": 3e-4}).micro
     assert tuned.compression == Compression(clusters=16, layer_clusters={"stage4": 4}, epochs=4, learning_rate=3e-4)
     with pytest.raises(training.ConfigError, match="cluster_learning_rate"):

@@ -1,9 +1,11 @@
-"""Magnitude pruning and quantization-aware training with tensorflow-model-optimization (tfmot).
+"""Compression by fine-tuning: magnitude pruning, weight clustering and quantization-aware training.
 
-tfmot 0.8 accepts only Keras 2 models, so both need the process to run with
+Pruning and QAT use tensorflow-model-optimization (tfmot). tfmot 0.8 accepts
+only Keras 2 models, so both need the process to run with
 ``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported (the package then
 builds tf_keras models). ShuffleNet's functional graph exposes every conv,
 batch norm and activation as its own layer, which is what tfmot works on.
+Clustering (:func:`cluster`) is the package's own and runs under either Keras.
 
 What pruning and clustering buy on TFLite Micro: TFLM has no sparse kernels,
 so zeros save no RAM or inference time; they save flash once the weights are
@@ -163,6 +165,128 @@ def is_clusterable(layer: Any) -> bool:
     return is_prunable(layer)
 
 
+def kmeans_1d(values: np.ndarray, clusters: int, max_iterations: int = 50) -> np.ndarray:
+    """Lloyd's k-means on scalars: the sorted centroids of ``values`` (deterministic).
+
+    The centroids start at the quantiles ``(i + 0.5) / clusters``, so they
+    follow the weights' density, and move to their clusters' means until no
+    weight changes cluster. A value range with fewer distinct values than
+    ``clusters`` gives those values.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    distinct = np.unique(values)
+    if len(distinct) <= clusters:
+        return distinct
+    centroids = np.unique(np.quantile(values, (np.arange(clusters) + 0.5) / clusters))
+    assignment = None
+    for _ in range(max_iterations):
+        new_assignment = nearest_centroid(values, centroids)
+        if assignment is not None and np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        counts = np.bincount(assignment, minlength=len(centroids))
+        sums = np.bincount(assignment, weights=values, minlength=len(centroids))
+        # An emptied cluster keeps its centroid (it may win weights back next round).
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    return centroids
+
+
+def nearest_centroid(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The index of the nearest of the sorted ``centroids`` for each value (ties go to the lower one)."""
+    return np.searchsorted((centroids[:-1] + centroids[1:]) / 2, values, side="left").astype(np.int32)
+
+
+class SharedValues:
+    """One kernel held at shared values, with latent weights that choose their value.
+
+    The kernel variable always holds shared values: each weight holds the
+    centroid of its cluster. Each weight also has a latent value, which the
+    optimizer's steps move (the straight-through estimate), and it joins the
+    cluster whose centroid is nearest its latent value. After each step
+    (:meth:`update`), the step's change of each weight moves its latent
+    value, each centroid moves by the mean change of its cluster (weight
+    sharing), and the weights rejoin their nearest centroids.
+
+    Attributes:
+      variable: The kernel variable.
+    """
+
+    def __init__(self, variable: Any, kernel: np.ndarray, clusters: int, per_channel: bool, keep_zeros: bool) -> None:
+        import tensorflow as tf
+
+        # Rows: one per output channel (per_channel) or the whole kernel; weights in the kernel's order.
+        channels = kernel.shape[-1]
+        row_of = (np.arange(kernel.size) % channels if per_channel else np.zeros(kernel.size, np.int64)).astype(
+            np.int32
+        )
+        flat = kernel.reshape(-1).astype(np.float32)
+        live = flat != 0 if keep_zeros else np.ones(flat.shape, bool)
+        rows = channels if per_channel else 1
+        centroids = np.zeros((rows, clusters), np.float32)
+        for row in range(rows):
+            values = flat[live & (row_of == row)]
+            found = kmeans_1d(values, clusters) if values.size else np.zeros(1)
+            # Fewer distinct values than clusters: repeat the last (a repeat is never the nearest).
+            centroids[row] = np.concatenate([found, np.repeat(found[-1:], clusters - len(found))])
+        self.variable = variable
+        self._shape = kernel.shape
+        self._clusters = clusters
+        self._dead = rows * clusters  # The segment of the zeros that pruning left: held at 0.
+        self._row_of = tf.constant(row_of)
+        self._live = tf.constant(live)
+        self._latent = tf.Variable(flat, trainable=False)
+        self._centroids = tf.Variable(np.append(centroids.reshape(-1), 0.0).astype(np.float32), trainable=False)
+        self._segments = tf.Variable(self._nearest(tf.constant(flat), tf.constant(centroids.reshape(-1))))
+
+    def _nearest(self, latent: Any, centroids: Any) -> Any:
+        import tensorflow as tf
+
+        candidates = tf.gather(tf.reshape(centroids[: self._dead], [-1, self._clusters]), self._row_of)
+        choice = tf.argmin(tf.abs(candidates - latent[:, None]), axis=1, output_type=tf.int32)
+        return tf.where(self._live, self._row_of * self._clusters + choice, self._dead)
+
+    def share(self) -> None:
+        """Sets the kernel to its weights' centroids."""
+        import tensorflow as tf
+
+        self.variable.assign(tf.reshape(tf.gather(self._centroids, self._segments), self._shape))
+
+    def update(self) -> None:
+        """After an optimizer step: moves latent weights and centroids by the step, reassigns, shares."""
+        import tensorflow as tf
+
+        stepped = tf.reshape(tf.convert_to_tensor(self.variable), [-1])
+        self._latent.assign_add(stepped - tf.gather(self._centroids, self._segments))
+        sums = tf.math.unsorted_segment_sum(stepped, self._segments, self._dead + 1)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(stepped), self._segments, self._dead + 1)
+        centroids = tf.where(counts > 0, sums / tf.maximum(counts, 1.0), self._centroids)
+        self._centroids.assign(tf.tensor_scatter_nd_update(centroids, [[self._dead]], [0.0]))
+        self._segments.assign(self._nearest(self._latent, self._centroids))
+        self.share()
+
+
+class _ShareValues(keras.callbacks.Callback):
+    """Keeps every clustered kernel at shared values: from the start, and after each training step."""
+
+    def __init__(self, kernels: list[SharedValues]) -> None:
+        super().__init__()
+        import tensorflow as tf
+
+        self.kernels = kernels
+        self._update = tf.function(self._update_all)
+
+    def _update_all(self) -> None:
+        for kernel in self.kernels:
+            kernel.update()
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        for kernel in self.kernels:
+            kernel.share()
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._update()
+
+
 def cluster(
     model: Any,
     train_data: Any,
@@ -171,76 +295,64 @@ def cluster(
     per_channel: bool = False,
     preserve_sparsity: bool = False,
     learning_rate: float = Compression.learning_rate,
-    centroid_init: str = "kmeans_plus_plus",
     layer_clusters: Mapping[str, int] | None = None,
     verbose: int = 0,
 ) -> Any:
-    """Folds batch norms, clusters conv and dense kernels to shared values while fine-tuning, strips the wrappers.
+    """Folds batch norms, clusters conv and dense kernels to shared values while fine-tuning.
 
     Batch norms are folded into their convolutions first
     (:func:`keras_shufflenet.micro.graph.fold_batch_norms`), so the clustered
     kernels are the ones the int8 model stores. Each kernel (with
-    ``per_channel``, each output channel) keeps ``clusters`` centroids,
-    initialized by k-means++ and trained with the weights. After int8
-    conversion a kernel quantized per tensor holds at most ``clusters``
-    distinct values, and one quantized per channel at most ``clusters`` per
-    channel: TFLM's LUT compression stores them as
+    ``per_channel``, each output channel) is split into ``clusters`` groups
+    by 1-D k-means (:func:`kmeans_1d`), and the model fine-tunes with each
+    weight at its group's centroid (:class:`SharedValues`: the centroids
+    move by their weights' mean update, and each weight's latent value
+    decides which centroid it takes, as tensorflow-model-optimization's
+    clustering does). It runs in plain Keras (Keras 3 or tf_keras), so the
+    export clusters in the process that trained.
+
+    After int8 conversion a kernel quantized per tensor holds at most
+    ``clusters`` distinct values, and one quantized per channel at most
+    ``clusters`` per channel: TFLM's LUT compression stores them as
     ``ceil(log2(clusters))``-bit indices and one table per tensor (or per
     channel).
 
     Args:
-      model: A tf_keras functional model (see :func:`require_legacy_keras`).
+      model: A functional Keras model (Keras 3 or tf_keras).
       train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)`` batches.
-      clusters: Centroids per kernel (or per output channel), ``>= 2``; 0
+      clusters: Shared values per kernel (or per output channel), ``>= 2``; 0
         clusters only the layers named in ``layer_clusters``.
       epochs: Fine-tuning epochs, ``>= 1``.
-      per_channel: One set of centroids per output channel of each
+      per_channel: One set of values per output channel of each
         convolution (Dense kernels are clustered per tensor). Defaults to
         `False`: one set per kernel, for weights quantized per tensor.
-      preserve_sparsity: Keep pruned weights at zero (after :func:`prune`).
-        Defaults to `False`.
+      preserve_sparsity: Keep zero weights (after :func:`prune`) at zero,
+        outside the clusters. Defaults to `False`.
       learning_rate: Adam learning rate at the start of the fine-tuning,
         decayed to 0 on a cosine over its steps. Defaults to `2e-4`.
-      centroid_init: tfmot's centroid initialization: ``"linear"`` (evenly
-        spaced from the smallest to the largest weight), ``"kmeans_plus_plus"``,
-        ``"density_based"`` or ``"random"``. Defaults to `"kmeans_plus_plus"`.
       layer_clusters: Cluster counts for the layers whose names start with
         a key (the longest matching key wins), e.g. ``{"stage4": 4}``;
         other layers get ``clusters``. Defaults to `None`.
       verbose: Keras ``fit`` verbosity. Defaults to `0`.
 
     Returns:
-      A new, stripped tf_keras model without the folded batch norms (the
-      caller's model is not changed).
+      A new model without the folded batch norms (the caller's model is not
+      changed).
     """
-    require_legacy_keras(model, "clusters", clusters)
-    import tensorflow_model_optimization as tfmot
-
-    # preserve_sparsity and cluster_per_channel are only on the experimental entry point.
-    from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster as experimental
-
     from keras_shufflenet.micro.graph import fold_batch_norms
 
     total_steps = _steps_per_epoch(train_data) * epochs
-    init = getattr(tfmot.clustering.keras.CentroidInitialization, centroid_init.upper())
-
-    def wrap(layer: Any) -> Any:
+    folded = fold_batch_norms(model)
+    kernels = []
+    for layer in folded.layers:
         count = clusters_for(layer.name, clusters, layer_clusters)
-        if not is_clusterable(layer) or count < 2:
-            return layer
-        # tfmot clusters a kernel only if it has more weights (per channel) than clusters; smaller ones already fit.
-        return experimental.cluster_weights(
-            layer,
-            number_of_clusters=count,
-            cluster_centroids_init=init,
-            preserve_sparsity=preserve_sparsity,
-            cluster_per_channel=per_channel and isinstance(layer, keras.layers.Conv2D),
-        )
-
-    clustered = keras.models.clone_model(fold_batch_norms(model), clone_function=wrap)
-    _compile_for_finetuning(clustered, learning_rate, model, total_steps, cosine_decay=True)
-    clustered.fit(train_data, epochs=epochs, verbose=verbose)
-    return tfmot.clustering.keras.strip_clustering(clustered)
+        if is_clusterable(layer) and count >= 2:
+            kernel = np.asarray(layer.get_weights()[0])
+            channelwise = per_channel and isinstance(layer, keras.layers.Conv2D)
+            kernels.append(SharedValues(layer.kernel, kernel, count, channelwise, preserve_sparsity))
+    _compile_for_finetuning(folded, learning_rate, model, total_steps, cosine_decay=True)
+    folded.fit(train_data, epochs=epochs, verbose=verbose, callbacks=[_ShareValues(kernels)])
+    return folded
 
 
 def clusters_for(name: str, clusters: int, layer_clusters: Mapping[str, int] | None) -> int:

@@ -40,8 +40,6 @@ def _compression(value: Any, quantize: str, weight_quantization: str, model: Any
             f"Received: compression={value!r}"
         )
     value.check(quantize, weight_quantization)
-    if value.clustering:
-        compression.require_legacy_keras(model, "compression.clusters", value.max_clusters)
     per_tensor = weight_quantization == "per_tensor"
     if value.store == "lut" and not value.clustering:
         # Before any work: the folded float kernels' distinct values bound the int8 ones.

@@ -55,7 +55,7 @@ _PRUNE_VERSION = 1
 DECODE_OVERHEAD_BYTES = 128
 
 
-# tfmot clusters need at least 2 centroids; TFLM's LUT indices are at most 7 bits.
+# Clusters need at least 2 centroids; TFLM's LUT indices are at most 7 bits.
 MAX_CLUSTERS = 2**MAX_INDEX_BITS
 
 
@@ -65,7 +65,7 @@ class Compression:
 
     Attributes:
       clusters: Shared values per kernel (per output channel with
-        ``per_channel``) after clustering with tensorflow-model-optimization,
+        ``per_channel``) after clustering (:func:`keras_shufflenet.micro.compression.cluster`),
         in [2, 128]; 0 does not cluster. The int8 weights are then stored as
         LUT indices, ``ceil(log2(clusters))`` bits wide. Defaults to `0`.
       layer_clusters: Cluster counts, in [2, 128], for the layers whose names
@@ -443,7 +443,7 @@ def compress(
         ``"lut"`` (every conv and fully connected filter as a LUT; refuses
         a tensor with too many distinct values), ``"prune"`` (those filters
         in the pruned encoding), or ``"dense"`` (nothing compressed).
-        Depthwise filters, which tfmot neither clusters nor prunes, are
+        Depthwise filters, which are neither clustered nor pruned, are
         stored as with ``"auto"``. Any tensor that an encoding would not
         make smaller stays dense, with a note. Defaults to `"auto"`.
       index_bits: LUT index width (1-7); at least what each tensor's distinct
@@ -479,7 +479,7 @@ def compress(
         for tensor_index, name, op, tensor in _weight_tensors(subgraph):
             values = tensor.array
             zero_points, axis, channels = _quantization(tensor, tuple(values.shape))
-            # tfmot neither clusters nor prunes depthwise kernels: "lut" and "prune" leave them to "auto".
+            # Depthwise kernels are neither clustered nor pruned: "lut" and "prune" leave them to "auto".
             tensor_store = "auto" if op == "DEPTHWISE_CONV_2D" and store != "dense" else store
             storage = (
                 TensorStorage(name, tuple(values.shape), "dense", values.nbytes, values.nbytes, 0, 0.0)

@@ -263,8 +263,8 @@ class MicroExportConfig:
 
     @property
     def needs_tfmot(self) -> bool:
-        """Whether the export prunes, clusters or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
-        return self.enabled and (self.prune_sparsity > 0 or self.compression.clustering or self.quantize == "qat")
+        """Whether the export prunes or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
+        return self.enabled and (self.prune_sparsity > 0 or self.quantize == "qat")
 
 
 @dataclasses.dataclass
