@@ -7,6 +7,9 @@ The public names below are imported on first use, so that importing a
 TensorFlow-free module of the package (``keras_shufflenet.training.config``,
 ``keras_shufflenet.run_dir``) does not import TensorFlow: the command line
 reads the configuration before it chooses which Keras the process runs.
+The layers still register with Keras as soon as Keras is imported
+(:mod:`keras_shufflenet.registration`), so ``keras.models.load_model`` reads
+a saved model after ``import keras_shufflenet`` alone.
 """
 
 from __future__ import annotations
@@ -47,3 +50,7 @@ def lazy_attributes(module_name: str, public: dict[str, str]) -> tuple[Any, Any]
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
+
+from keras_shufflenet import registration  # noqa: E402 (after lazy_attributes, which its imports use)
+
+registration.install()

@@ -463,6 +463,43 @@ def make_base_parser(config: PipelineConfig, training: bool) -> Callable[..., An
     return parse
 
 
+def affine_transform(size: int, angle: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """The projective transform (output pixel -> input pixel) that rotates by ``angle`` (radians) and
+    scales by ``scale`` about the image's center, then translates by ``shift`` (x, y pixels).
+
+    Returns:
+      The 8 coefficients ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of
+      ``tf.raw_ops.ImageProjectiveTransformV3``: output ``(x, y)`` reads input
+      ``(a0 x + a1 y + a2, b0 x + b1 y + b2)``.
+    """
+    center = (size - 1) / 2.0
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # The inverse map: undo the translation, then rotate by -angle and divide by the scale.
+    x0, y0 = center + shift[0], center + shift[1]
+    return tf.stack([cos, sin, center - cos * x0 - sin * y0, -sin, cos, center + sin * x0 - cos * y0, 0.0, 0.0])
+
+
+def _random_affine(image: tf.Tensor, config: PipelineConfig, seed: tf.Tensor) -> tf.Tensor:
+    size = config.input_size
+    uniform = tf.random.stateless_uniform([4], seed, minval=-1.0, maxval=1.0)
+    angle = uniform[0] * config.max_rotation * (3.141592653589793 / 180.0)
+    scale = 1.0 + uniform[1] * config.max_zoom
+    shift = uniform[2:] * (config.shift_fraction * size)
+    transform = affine_transform(size, angle, scale, shift)
+    # Bilinear; the border is background (0), as for --augment=shift.
+    transformed = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None],
+        transforms=transform[None],
+        output_shape=[size, size],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    if image.dtype == tf.uint8:
+        return tf.cast(tf.clip_by_value(tf.round(transformed[0]), 0, 255), tf.uint8)
+    return tf.cast(transformed[0], image.dtype)
+
+
 def make_train_augmenter(config: PipelineConfig) -> Callable[..., Any]:
     """Random augmentation and ``preprocess_input`` of one ``(seed, (image, label))``."""
     size = config.input_size
@@ -478,6 +515,8 @@ def make_train_augmenter(config: PipelineConfig) -> Callable[..., Any]:
             # Translation by up to `pad` pixels; the border is background (0).
             padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
             image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seeds[0])
+        elif config.augment == "affine":
+            image = _random_affine(image, config, seeds[0])
         if config.random_flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
         image = tf.ensure_shape(image, (size, size, None))

@@ -136,6 +136,46 @@ def test_train_pipeline_shifts_within_the_pad_and_is_seeded() -> None:
     assert not np.array_equal(different.numpy(), images.numpy())
 
 
+def _transformed(image: np.ndarray, transform: tf.Tensor) -> np.ndarray:
+    size = image.shape[0]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.constant(image, tf.float32)[None],
+        transforms=transform[None],
+        output_shape=[size, size],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )
+    return out[0].numpy()
+
+
+def test_affine_transform_rotates_and_scales_about_the_center_then_shifts() -> None:
+    image = np.zeros((9, 9, 1), np.float32)
+    image[2, 6] = 1.0  # Row 2, column 6: (x, y) = (6, 2), (2, -2) from the center (4, 4).
+    identity = data.affine_transform(9, tf.constant(0.0), tf.constant(1.0), tf.constant([0.0, 0.0]))
+    np.testing.assert_array_equal(_transformed(image, identity), image)
+    # A quarter turn (x, y) -> (-y, x) in image coordinates: (2, -2) -> (2, 2), then 1 pixel right: (7, 6).
+    turn = data.affine_transform(9, tf.constant(np.pi / 2), tf.constant(1.0), tf.constant([1.0, 0.0]))
+    assert np.argwhere(_transformed(image, turn)[..., 0] > 0.5).tolist() == [[6, 7]]
+    # Twice the size: (2, -2) -> (4, -4), i.e. (x, y) = (8, 0).
+    double = data.affine_transform(9, tf.constant(0.0), tf.constant(2.0), tf.constant([0.0, 0.0]))
+    assert [0, 8] in np.argwhere(_transformed(image, double)[..., 0] > 0.5).tolist()
+
+
+def test_affine_augmentation_keeps_the_ink_near_and_is_seeded() -> None:
+    image = np.zeros((28, 28, 1), np.uint8)
+    image[8:20, 12:16] = 255  # A bar, as in a "1".
+    config = data.PipelineConfig(input_size=28, augment="affine", max_rotation=15.0, max_zoom=0.1, seed=3)
+    augment = data.make_train_augmenter(config)
+    outputs = [augment(tf.constant([seed, 0], tf.int64), (tf.constant(image), 1))[0].numpy() for seed in range(8)]
+    ink = [(out > 0).sum() for out in outputs]
+    # Scaled by at most 10 %: the bar's area (48 pixels) changes by at most about 21 % (plus blur at the edges).
+    assert all(30 < count < 110 for count in ink), ink
+    assert len({out.tobytes() for out in outputs}) == 8
+    again = augment(tf.constant([0, 0], tf.int64), (tf.constant(image), 1))[0].numpy()
+    np.testing.assert_array_equal(again, outputs[0])
+
+
 def test_scale_augmentation_and_center_crop_shapes() -> None:
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     source = data.DataSource(

@@ -29,7 +29,7 @@ MODES = ("train", "eval", "export")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-AUGMENTATIONS = ("none", "shift", "scale")
+AUGMENTATIONS = ("none", "shift", "affine", "scale")
 CHANNELS = (0, 1, 3)
 VERBOSITIES = (0, 1, 2, 3)
 # How the micro export quantizes (``micro.export``'s ``quantize``), and
@@ -126,12 +126,17 @@ class PipelineConfig:
     channels: int = option(0, "Model input channels (1 or 3); 0 takes the dataset's.", choices=CHANNELS)
     augment: str = option(
         "shift",
-        "none; shift: random translation (small images); scale: random-area crops with center-crop eval (ImageNet).",
+        "none; shift: random translation (small images); affine: random rotation, scale and translation (digits); "
+        "scale: random-area crops with center-crop eval (ImageNet).",
         choices=AUGMENTATIONS,
     )
     random_flip: bool = option(False, "Random horizontal flips in training (not for digits or text).")
     shift_fraction: float = option(
-        0.125, "Largest translation of --augment=shift, as a fraction of the size.", interval="[0, 1)"
+        0.125, "Largest translation of --augment=shift and affine, as a fraction of the size.", interval="[0, 1)"
+    )
+    max_rotation: float = option(10.0, "Largest rotation of --augment=affine, in degrees.", interval="[0, 180]")
+    max_zoom: float = option(
+        0.1, "Largest change of scale of --augment=affine, as a fraction (0.1: 0.9x to 1.1x).", interval="[0, 1)"
     )
     min_crop_area: float = option(0.25, "Smallest crop area fraction of --augment=scale.", interval="(0, 1]")
     eval_crop_fraction: float = option(
