@@ -311,7 +311,7 @@ def test_the_clustering_fine_tune_decays_its_learning_rate_to_zero_on_a_cosine()
     rates = [float(schedule(step)) for step in (0, 125, 250)]
     np.testing.assert_allclose(rates, [2e-4, 1e-4, 0.0], atol=1e-9)
     assert compression.finetuning_learning_rate(2e-4, total_steps=250) == 2e-4  # Pruning and QAT: constant.
-    assert Compression().learning_rate == TrainConfig().micro.cluster_learning_rate == 2e-4
+    assert Compression().learning_rate == TrainConfig().micro.cluster_learning_rate == 1e-3
 
 
 @pytest.mark.slow

@@ -34,9 +34,13 @@ _TALLY = re.compile(r"^(\w+): (\d+) cases handled, (\d+) through the stock kerne
 
 def _kernel_test(target: str, build_dir, seed: int = 1, tree_kernels: str = "cmsis_nn") -> dict[str, tuple]:
     tree = tflm_app.resolve_tree(TREE, tree_kernels)
+    # On a Cortex-M, TFLM with DECODE support, as the demo's compressed model needs: the test then shares
+    # that TFLM library with the Cortex-M4 firmware tests (tests/test_firmware.py).
+    compression = 0 if target == "host" else 1
     build = subprocess.run(
         ["make", "-C", tflm_app.APP_DIR, "-j2", "kernel-test", f"TARGET={target}", f"TFLM_TREE={tree}",
-         f"KERNEL_TEST_TREE={tree_kernels}", f"BUILD_DIR={build_dir}", f"PYTHON={sys.executable}"],
+         f"KERNEL_TEST_TREE={tree_kernels}", f"BUILD_DIR={build_dir}", f"PYTHON={sys.executable}",
+         f"TFLM_COMPRESSION={compression}"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]

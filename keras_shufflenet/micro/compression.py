@@ -329,7 +329,7 @@ def cluster(
       preserve_sparsity: Keep zero weights (after :func:`prune`) at zero,
         outside the clusters. Defaults to `False`.
       learning_rate: Adam learning rate at the start of the fine-tuning,
-        decayed to 0 on a cosine over its steps. Defaults to `2e-4`.
+        decayed to 0 on a cosine over its steps. Defaults to `1e-3`.
       layer_clusters: Cluster counts for the layers whose names start with
         a key (the longest matching key wins), e.g. ``{"stage4": 4}``;
         other layers get ``clusters``. Defaults to `None`.
