@@ -113,7 +113,9 @@ def test_export_writes_float_and_int8_models_and_report(exported):
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("float_top1", "int8_top1", "flash_bytes", "arena_bytes", "macs", "params", "sparsity", "ops"):
         assert on_disk[key] == report[key]
-    assert "| flash: int8 model bytes (" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "| flash: int8 model bytes (" in report_md
+    assert "## Pruning" not in report_md  # No pruning asked for: no per-layer pruning table.
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
     # Full int8 with a static batch of one, as TFLM needs.
     interpreter = litert.interpreter(int8_model)
@@ -545,6 +547,7 @@ def test_prune_and_qat_export(tmp_path):
     )
     sparsity = report["sparsity"]
     assert sparsity["prunable_overall"] == pytest.approx(0.5, abs=0.01)
+    assert "## Pruning" in (tmp_path / "run" / "report.md").read_text()
     assert all(name.endswith("dwconv") for name in sparsity["dense_layers"])
     assert all(info["sparsity"] < 0.05 for name, info in sparsity["layers"].items() if name.endswith("dwconv"))
     # Pruned zeros survive quantization-aware training and int8 conversion.

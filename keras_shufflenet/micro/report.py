@@ -212,18 +212,19 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if accuracy.get("float_top1_before_pruning") is not None:
         lines += [f"Float top-1 before pruning: {_pct(accuracy['float_top1_before_pruning'])}.", ""]
-    lines += [
-        "## Pruning",
-        "",
-        f"Target sparsity {sparsity['target']}. {sparsity['note']}",
-        "",
-        f"Layers tfmot leaves dense: {', '.join(sparsity['dense_layers']) or 'none'}.",
-        "",
-        "| layer | type | weights | sparsity |",
-        "|---|---|---:|---:|",
-    ]
-    for name, info in sparsity["layers"].items():
-        lines.append(f"| {name} | {info['type']} | {info['weights']:,} | {_pct(info['sparsity'])} |")
+    if sparsity["target"]:  # Only an export that pruned has a per-layer story to tell.
+        lines += [
+            "## Pruning",
+            "",
+            f"Target sparsity {sparsity['target']}. {sparsity['note']}",
+            "",
+            f"Layers tfmot leaves dense: {', '.join(sparsity['dense_layers']) or 'none'}.",
+            "",
+            "| layer | type | weights | sparsity |",
+            "|---|---|---:|---:|",
+        ]
+        for name, info in sparsity["layers"].items():
+            lines.append(f"| {name} | {info['type']} | {info['weights']:,} | {_pct(info['sparsity'])} |")
     lines += _weight_storage_markdown(report)
     lines += ["", "## Operators (the board's model)", "", "| operator | count |", "|---|---:|"]
     lines += [f"| {op} | {count} |" for op, count in report["ops"].items()]
