@@ -56,7 +56,7 @@ def _run(code: str, out: str, legacy: bool) -> None:
     "legacy, imports",
     [
         (False, "import keras_shufflenet\nimport keras"),
-        (False, "import keras\nimport keras_shufflenet"),
+        pytest.param(False, "import keras\nimport keras_shufflenet", marks=pytest.mark.slow),
         pytest.param(True, "import keras_shufflenet\nimport tf_keras as keras", marks=pytest.mark.slow),
     ],
     ids=["keras3-package-first", "keras3-keras-first", "tf_keras"],
