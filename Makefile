@@ -78,8 +78,10 @@ test-all: test test-rest
 # The board's model stores its weights compressed, decoded by TFLM's DECODE
 # operator: kernels clustered to 16 shared values (4 in stage 4, which holds
 # two thirds of the weights) after folding batch norms, quantized per tensor
-# and stored as LUT indices. See docs/compression.md for the measurements
-# (flash, accuracy, arena, instructions) of this and the other choices.
+# and stored as LUT indices. The README gives the demo's accuracy, flash and
+# time over three seeds; docs/compression.md measures this and the other
+# choices (flash, accuracy, arena, instructions) on the former quickstart
+# (the 4, 8, 4-unit network at 56x56).
 demo: $(STAMP)
 	$(PY) train/main.py --flagfile=train/configs/quickstart.flags --model_dir=$(DEMO_DIR) \
 		--quantize=ptq --weight_quantization=per_tensor --clusters=16 --layer_clusters=stage4:4
