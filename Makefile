@@ -77,7 +77,7 @@ test-all: test test-rest
 
 # The board's model stores its weights compressed, decoded by TFLM's DECODE
 # operator: kernels clustered to 16 shared values (4 in stage 4, which holds
-# two thirds of the weights) after folding batch norms, quantized per tensor
+# 59 % of the kernel weights) after folding batch norms, quantized per tensor
 # and stored as LUT indices. The README gives the demo's accuracy, flash and
 # time over three seeds; docs/compression.md measures this and the other
 # choices (flash, accuracy, arena, instructions) on the former quickstart
