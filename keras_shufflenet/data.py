@@ -485,19 +485,26 @@ def _random_affine(image: tf.Tensor, config: PipelineConfig, seed: tf.Tensor) ->
     angle = uniform[0] * config.max_rotation * (3.141592653589793 / 180.0)
     scale = 1.0 + uniform[1] * config.max_zoom
     shift = uniform[2:] * (config.shift_fraction * size)
-    transform = affine_transform(size, angle, scale, shift)
-    # Bilinear; the border is background (0), as for --augment=shift.
+    transformed = transform_image(image, affine_transform(size, angle, scale, shift), size)
+    if image.dtype == tf.uint8:
+        return tf.cast(tf.clip_by_value(tf.round(transformed), 0, 255), tf.uint8)
+    return tf.cast(transformed, image.dtype)
+
+
+def transform_image(image: tf.Tensor, transform: tf.Tensor, size: int, interpolation: str = "BILINEAR") -> tf.Tensor:
+    """``image`` (``size`` x ``size`` x C) under ``transform`` (8 coefficients, :func:`affine_transform`), as float32.
+
+    Pixels that come from outside the image are background (0), as for ``--augment=shift``.
+    """
     transformed = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(image, tf.float32)[None],
         transforms=transform[None],
         output_shape=[size, size],
         fill_value=0.0,
-        interpolation="BILINEAR",
+        interpolation=interpolation,
         fill_mode="CONSTANT",
     )
-    if image.dtype == tf.uint8:
-        return tf.cast(tf.clip_by_value(tf.round(transformed[0]), 0, 255), tf.uint8)
-    return tf.cast(transformed[0], image.dtype)
+    return transformed[0]
 
 
 def make_train_augmenter(config: PipelineConfig) -> Callable[..., Any]:

@@ -137,16 +137,7 @@ def test_train_pipeline_shifts_within_the_pad_and_is_seeded() -> None:
 
 
 def _transformed(image: np.ndarray, transform: tf.Tensor) -> np.ndarray:
-    size = image.shape[0]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.constant(image, tf.float32)[None],
-        transforms=transform[None],
-        output_shape=[size, size],
-        fill_value=0.0,
-        interpolation="NEAREST",
-        fill_mode="CONSTANT",
-    )
-    return out[0].numpy()
+    return data.transform_image(tf.constant(image), transform, image.shape[0], interpolation="NEAREST").numpy()
 
 
 def test_affine_transform_rotates_and_scales_about_the_center_then_shifts() -> None:
