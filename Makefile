@@ -38,9 +38,11 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
+# The import contracts (layers, no cycles) are in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -20,7 +20,7 @@ EXTRAS = {
     # keras_shufflenet.weights): the test reference uses it too.
     "convert": ["torch"],
     # Tests, linting and formatting.
-    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
+    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6", "import-linter==2.17"],
 }
 # "all" leaves out "convert": PyTorch from PyPI is gigabytes of CUDA wheels, and the built-in reader needs none.
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "convert" for req in reqs})

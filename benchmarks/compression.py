@@ -61,23 +61,15 @@ CONFIGURATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def export_arguments(settings: dict[str, Any]) -> dict[str, Any]:
-    """``micro.export`` keywords for one configuration (2 fine-tuning epochs; clusters per tensor).
+    """The ``ExportConfig`` settings of one configuration: pruning fine-tunes 2 epochs, clustering is per tensor.
 
-    Clustering fine-tunes at ``Compression``'s default learning rate unless the settings name one.
+    Clustering fine-tunes for ``ExportConfig``'s default epochs and learning rate unless the settings name them.
     """
-    from keras_shufflenet.micro import Compression
-
-    arguments: dict[str, Any] = {}
+    arguments = dict(settings)
     if settings.get("prune_sparsity"):
-        arguments.update(prune_sparsity=settings["prune_sparsity"], prune_epochs=2)
+        arguments.setdefault("prune_epochs", 2)
     if settings.get("clusters"):
-        compression = Compression(
-            clusters=settings["clusters"],
-            layer_clusters=settings.get("layer_clusters"),
-            epochs=settings.get("cluster_epochs", 2),
-            learning_rate=settings.get("cluster_learning_rate", Compression.learning_rate),
-        )
-        arguments.update(weight_quantization="per_tensor", compression=compression)
+        arguments.setdefault("weight_quantization", "per_tensor")
     return arguments
 
 

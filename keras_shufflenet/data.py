@@ -19,7 +19,7 @@ Sources:
   fraction of the training images is the eval split. Files that cannot be
   read or decoded are skipped and counted, not a crash.
 
-The pipeline's settings are :class:`~keras_shufflenet.training.config.PipelineConfig`
+The pipeline's settings are :class:`~keras_shufflenet.pipeline_config.PipelineConfig`
 (defined with the rest of the configuration, TensorFlow-free).
 
 Why one module of over 400 lines: reading a source and the pipelines on it
@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_shufflenet.config_fields import ConfigError
+from keras_shufflenet.pipeline_config import CHANNELS, PipelineConfig
 from keras_shufflenet.shufflenet import preprocess_input
-from keras_shufflenet.training.config import CHANNELS, ConfigError, PipelineConfig
 
 FOLDER_PREFIX = "folder:"
 EVAL_FOLDER_NAMES = ("test", "val", "validation")

@@ -6,7 +6,7 @@ set, and :func:`export_trained` for ``--mode=export``. The model is rebuilt
 from the run's configuration and takes the portable weights training saved
 (``weights.npz``), so a model trained in Keras 3 can be pruned or
 quantization-aware trained in tf_keras: pruning and QAT
-(``MicroExportConfig.needs_tfmot``) need Keras 2, which a process selects
+(``ExportConfig.needs_tfmot``) need Keras 2, which a process selects
 before importing TensorFlow, so a Keras 3 process runs them in a child,
 ``python -m keras_shufflenet.export_job MODEL_DIR``, which reads
 ``MODEL_DIR/config.json``.
@@ -40,19 +40,13 @@ def run_micro_export(config: TrainConfig, model: Any, source: data.DataSource) -
     return micro.export(
         model,
         data.representative_batches(source, pipeline, config.micro.representative_samples),
-        config.export_dir,
+        config.resolved_export_dir,
+        config.micro,
         eval_data=data.make_eval_dataset(source, pipeline, config.eval_batch),
         train_data=data.make_train_dataset(source, pipeline, config.batch_size, repeat=False),
-        prune_sparsity=config.micro.prune_sparsity,
-        prune_epochs=config.micro.prune_epochs,
-        quantize=config.micro.quantize,
-        weight_quantization=config.micro.weight_quantization,
-        compression=config.micro.compression,
         labels=source.class_names,
-        num_representative=config.micro.representative_samples,
         verbose=min(config.verbose, 2),
         progress=_print_progress if config.verbose else None,
-        npu=None if config.micro.npu == "none" else config.micro.npu,
     )
 
 
@@ -107,7 +101,7 @@ def export_run(config: TrainConfig) -> dict[str, Any]:
     result = subprocess.run(command, env=dict(os.environ, **{LEGACY_KERAS_ENV: "1"}), check=False)
     if result.returncode:
         raise RuntimeError(f"the micro export failed (exit code {result.returncode}); see the messages above.")
-    return run_dir.read_json(os.path.join(config.export_dir, run_dir.REPORT_JSON))
+    return run_dir.read_json(os.path.join(config.resolved_export_dir, run_dir.REPORT_JSON))
 
 
 def _storage_line(storage: dict[str, Any]) -> str:

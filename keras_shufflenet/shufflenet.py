@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from keras_shufflenet import architecture
+from keras_shufflenet import weights as official_weights
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.layers import apply_unit, batch_norm, unit_layers
 
@@ -304,8 +305,6 @@ def ShuffleNet(
         name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
     model = keras.Model(inputs, x, name=name)
     if checkpoint is not None:
-        from keras_shufflenet import weights as official_weights
-
         official_weights.load_official_weights(model, checkpoint)
     elif weights is not None:
         _load_weights(model, os.fspath(weights))
@@ -313,8 +312,6 @@ def ShuffleNet(
 
 
 def _is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:
-    from keras_shufflenet import weights as official_weights
-
     return official_weights.is_torch_checkpoint(path)
 
 
@@ -331,8 +328,6 @@ def _resolve_checkpoint(
       ValueError: If the file is not a usable checkpoint, or an argument
         given differs from the checkpoint's configuration (naming both).
     """
-    from keras_shufflenet import weights as official_weights
-
     try:
         checkpoint = official_weights.read_official_checkpoint(path)
     except official_weights.CheckpointError as error:

@@ -250,28 +250,20 @@ def test_micro_export_gets_the_agreed_arguments(tmp_path: os.PathLike, monkeypat
     model = training.build_model(config, source.num_classes, source.channels)
     assert export_job.run_micro_export(config, model, source) == {"ok": True}
     ((args, kwargs),) = calls
-    model_arg, representative, output_dir = args
+    model_arg, representative, output_dir, export_config = args
     assert model_arg is model and output_dir == config.model_dir
-    assert set(kwargs) == {
-        "eval_data",
-        "train_data",
-        "prune_sparsity",
-        "prune_epochs",
-        "quantize",
-        "weight_quantization",
-        "compression",
-        "labels",
-        "num_representative",
-        "verbose",
-        "progress",
-        "npu",
-    }
+    # The run's ExportConfig as it is: no settings mapped by hand.
+    assert export_config is config.micro
+    assert set(kwargs) == {"eval_data", "train_data", "labels", "verbose", "progress"}
     assert kwargs["verbose"] == 0 and kwargs["progress"] is None  # --verbose=0: no stage lines either.
-    assert kwargs["weight_quantization"] == "per_channel"
-    assert kwargs["npu"] is None  # --npu=none: no Ethos-U compilation.
+    assert (export_config.quantize, export_config.weight_quantization, export_config.npu) == (
+        "ptq",
+        "per_channel",
+        "none",
+    )
     # No clustering; weights stored in the smallest encoding that shrinks them.
-    assert kwargs["compression"] == Compression(clusters=0, store="auto")
-    assert kwargs["quantize"] == "ptq" and kwargs["labels"] == ["class0", "class1", "class2", "class3"]
+    assert export_config.compression == Compression(clusters=0, store="auto")
+    assert kwargs["labels"] == ["class0", "class1", "class2", "class3"]
     batches = list(representative)
     assert sum(len(b) for b in batches) == 5 and batches[0].shape[1:] == (32, 32, 1)
     assert batches[0].dtype == np.float32 and batches[0].min() >= -1 and batches[0].max() <= 1

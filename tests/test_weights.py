@@ -20,12 +20,12 @@ import pytest
 import torch_format
 
 from keras_shufflenet import ShuffleNet, decode_predictions
+from keras_shufflenet.checkpoint_conversion import convert
 from keras_shufflenet.imagenet import class_names
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.layers import ChannelShuffle
 from keras_shufflenet.weights import (
     CheckpointError,
-    convert,
     load_official_weights,
     official,
     read_official_checkpoint,

@@ -36,15 +36,17 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """Defines one flag per config field (choices become enums); returns the names in order."""
     names = []
+    # The defaults of a training run (quantize="none": no export unless asked), typed by the field's own.
+    defaults = config_lib.TrainConfig().flat()
     for name, _, field in config_lib.flag_fields():
-        default, help_text, choices = field.default, field.metadata["help"], field.metadata["choices"]
-        if isinstance(default, bool):
+        default, help_text, choices = defaults[name], field.metadata["help"], field.metadata["choices"]
+        if isinstance(field.default, bool):
             flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
-        elif isinstance(default, str) and choices:
+        elif isinstance(field.default, str) and choices:
             flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
-        elif isinstance(default, int):
+        elif isinstance(field.default, int):
             flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-        elif isinstance(default, float):
+        elif isinstance(field.default, float):
             flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
@@ -104,7 +106,7 @@ def main(argv: list[str]) -> None:
     except (config_lib.ConfigError, loop.TrainingDivergedError) as e:
         raise SystemExit(f"error: {e}") from None
     if micro:
-        print(export_job.micro_summary(micro, config.export_dir))
+        print(export_job.micro_summary(micro, config.resolved_export_dir))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ in the TFLite Micro interpreter and writes the C++ sources of ``tflm/``.
 Modules, one concept each:
 
 * :mod:`~keras_shufflenet.micro.export`: the pipeline of named stages;
-  :mod:`~keras_shufflenet.micro.options` checks its arguments;
+  :mod:`~keras_shufflenet.micro.export_config` declares its settings
+  (:class:`ExportConfig`, also the trainer's flags) and
+  :mod:`~keras_shufflenet.micro.options` checks what they need of the model;
 * :mod:`~keras_shufflenet.micro.samples`: calibration, eval and firmware images;
 * :mod:`~keras_shufflenet.micro.compression`: tfmot pruning, clustering and QAT;
 * :mod:`~keras_shufflenet.micro.tflm_compression`: weights stored compressed
@@ -46,6 +48,7 @@ _PUBLIC = {
     "Compression": "keras_shufflenet.micro.tflm_compression",
     "CompressionError": "keras_shufflenet.micro.tflm_compression",
     "ConversionCrashError": "keras_shufflenet.micro.convert",
+    "ExportConfig": "keras_shufflenet.micro.export_config",
     "TFLMError": "keras_shufflenet.micro.verify",
     "UnsupportedOpError": "keras_shufflenet.micro.flatbuffer",
     "VerificationError": "keras_shufflenet.micro.verify",

@@ -15,7 +15,6 @@ encoding, or a LUT for clustered weights, decoded by TFLM's DECODE operator).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,8 @@ import numpy as np
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import ChannelShuffle
+from keras_shufflenet.micro.graph import fold_batch_norms
+from keras_shufflenet.micro.qat_objects import NoOpQuantizeConfig, qat_scope
 from keras_shufflenet.micro.tflm_compression import Compression
 
 PRUNING_ON_TFLM = (
@@ -339,7 +340,6 @@ def cluster(
       A new model without the folded batch norms (the caller's model is not
       changed).
     """
-    from keras_shufflenet.micro.graph import fold_batch_norms
 
     total_steps = _steps_per_epoch(train_data) * epochs
     folded = fold_batch_norms(model)
@@ -431,58 +431,6 @@ def weight_sparsity(model: Any) -> dict[str, Any]:
         "layers": layers,
         "dense_layers": dense_layers,
     }
-
-
-class NoOpQuantizeConfig:
-    """QAT config of ChannelShuffle: no fake-quant at all.
-
-    The shuffle is a pure permutation (RESHAPE/TRANSPOSE/RESHAPE in TFLite),
-    which int8 kernels run without requantizing: its output keeps its input's
-    scale and zero point, so no quantizer belongs around it.
-    """
-
-    def get_weights_and_quantizers(self, layer: Any) -> list:
-        return []
-
-    def get_activations_and_quantizers(self, layer: Any) -> list:
-        return []
-
-    def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
-        pass
-
-    def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
-        pass
-
-    def get_output_quantizers(self, layer: Any) -> list:
-        return []
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict) -> NoOpQuantizeConfig:
-        return cls()
-
-
-def _quantize_config_base() -> type:
-    import tensorflow_model_optimization as tfmot
-
-    # Registered as a subclass so tfmot's isinstance checks accept it, without
-    # importing tfmot when the module loads under Keras 3.
-    return tfmot.quantization.keras.QuantizeConfig
-
-
-def qat_scope() -> contextlib.AbstractContextManager:
-    """The custom objects tfmot needs to clone or load a quantization-aware ShuffleNet."""
-    import tensorflow_model_optimization as tfmot
-
-    _quantize_config_base().register(NoOpQuantizeConfig)
-    return tfmot.quantization.keras.quantize_scope(
-        {
-            "NoOpQuantizeConfig": NoOpQuantizeConfig,
-            "ChannelShuffle": ChannelShuffle,
-        }
-    )
 
 
 def quantization_aware_training(

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_shufflenet.micro import convert_worker, verify
+from keras_shufflenet.micro.export_config import WEIGHT_QUANTIZATIONS
 from keras_shufflenet.micro.graph import input_shape_of, static_batch_model
-from keras_shufflenet.training.config import WEIGHT_QUANTIZATIONS
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert_worker.py")
 _WORKER_TIMEOUT_S = 3600

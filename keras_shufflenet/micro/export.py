@@ -32,7 +32,8 @@ from keras_shufflenet.micro import (
     verify,
 )
 from keras_shufflenet.micro import npu as ethos_u  # `npu` is export()'s argument.
-from keras_shufflenet.micro.options import Compression, ExportOptions
+from keras_shufflenet.micro.export_config import ExportConfig
+from keras_shufflenet.micro.options import ExportOptions
 from keras_shufflenet.micro.options import validate as validate_options
 from keras_shufflenet.profiling import profile
 
@@ -120,11 +121,13 @@ class _Timer:
 def _read_data(
     model: Any, representative_data: Iterable[Any], eval_data: Iterable[Any] | None, options: ExportOptions
 ) -> _Data:
-    calibration = samples.representative_samples(representative_data, options.input_shape, options.num_representative)
+    calibration = samples.representative_samples(
+        representative_data, options.input_shape, options.config.representative_samples
+    )
     samples.check_input_range(model, calibration, "representative_data")
     if eval_data is None:
         return _Data(calibration, None, None)
-    images, labels = samples.collect_labeled(eval_data, options.input_shape, options.classes, options.num_eval)
+    images, labels = samples.collect_labeled(eval_data, options.input_shape, options.classes, options.config.num_eval)
     samples.check_input_range(model, images, "eval_data")
     return _Data(calibration, images, labels)
 
@@ -137,16 +140,17 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
     """Prunes (optional) and runs quantization-aware training (optional), each fine-tuning a copy."""
     float_model = model
     accuracy: dict[str, Any] = {"samples": 0 if data.eval_images is None else len(data.eval_images)}
-    if options.pruning:
+    if options.config.pruning:
         if data.eval_images is not None:
             before = model.predict(data.eval_images, batch_size=64, verbose=0)
             accuracy["float_top1_before_pruning"] = _top1(before, data.eval_labels)
         float_model = compression.prune(
-            model, train_data, options.prune_sparsity, options.prune_epochs, verbose=options.verbose
+            model, train_data, options.config.prune_sparsity, options.config.prune_epochs, verbose=options.verbose
         )
         timer.lap(
             "prune",
-            f"to {options.prune_sparsity:.0%} of the prunable weights, {options.prune_epochs} fine-tuning epoch(s)",
+            f"to {options.config.prune_sparsity:.0%} of the prunable weights, "
+            f"{options.config.prune_epochs} fine-tuning epoch(s)",
         )
     clustering = None
     settings = options.compression
@@ -161,7 +165,7 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             settings.epochs,
             learning_rate=settings.learning_rate,
             per_channel=settings.per_channel,
-            preserve_sparsity=options.pruning,
+            preserve_sparsity=options.config.pruning,
             layer_clusters=settings.layer_clusters,
             verbose=options.verbose,
         )
@@ -179,11 +183,15 @@ def _compress(model: Any, train_data: Any, data: _Data, options: ExportOptions, 
             f"{compression.describe_finetune(settings.epochs, settings.learning_rate)}",
         )
     sparsity = compression.weight_sparsity(float_model)
-    sparsity.update(target=options.prune_sparsity, note=compression.PRUNING_ON_TFLM)
+    sparsity.update(target=options.config.prune_sparsity, note=compression.PRUNING_ON_TFLM)
     quant_model = float_model
-    if options.quantize == "qat":
+    if options.config.quantize == "qat":
         quant_model = compression.quantization_aware_training(
-            float_model, train_data, options.qat_epochs, preserve_sparsity=options.pruning, verbose=options.verbose
+            float_model,
+            train_data,
+            options.qat_epochs,
+            preserve_sparsity=options.config.pruning,
+            verbose=options.verbose,
         )
         timer.lap("quantization-aware training", f"{options.qat_epochs} epoch(s)")
     return _Compressed(float_model, quant_model, sparsity, clustering, accuracy)
@@ -195,11 +203,11 @@ def _convert(
     """Float and full-int8 flatbuffers, checked for TFLM, and the compact copy the board gets."""
     # In a child process: TensorFlow's calibrator can crash its process (SIGSEGV).
     float_tflite, int8_tflite = convert.convert_in_child(
-        compressed.float_model, compressed.quant_model, calibration, options.weight_quantization
+        compressed.float_model, compressed.quant_model, calibration, options.config.weight_quantization
     )
     timer.lap(
         "convert",
-        f"float and int8 ({options.weight_quantization.replace('_', '-')} weights) .tflite, calibrated on "
+        f"float and int8 ({options.config.weight_quantization.replace('_', '-')} weights) .tflite, calibrated on "
         f"{len(calibration):,} images",
     )
     flatbuffer.check_static_shapes(int8_tflite)
@@ -213,14 +221,14 @@ def _convert(
     # Weights stored compressed where that is smaller (see tflm_compression.py);
     # verified below to give the dense model's outputs bit for bit.
     settings = options.compression
-    dense_tflm_path = os.path.join(staging, f"{options.name}_int8_tflm_dense.tflite")
+    dense_tflm_path = os.path.join(staging, f"{options.config.name}_int8_tflm_dense.tflite")
     with open(dense_tflm_path, "wb") as handle:
         handle.write(compact_model.model)
     # The dense model's arena bounds what a decoded tensor may take (see tflm_compression.Compression).
     dense_arena = None
     max_decoded = settings.max_decoded_bytes
     if settings.store != "dense" and max_decoded is None:
-        dense_arena = verify.find_min_arena(dense_tflm_path, margin=options.arena_margin)
+        dense_arena = verify.find_min_arena(dense_tflm_path, margin=options.config.arena_margin)
         max_decoded = dense_arena.min_bytes
     stored = tflm_compression.compress(compact_model.model, settings.store, settings.index_bits, max_decoded)
     if stored.compressed_tensors:
@@ -229,19 +237,19 @@ def _convert(
             f"{len(stored.compressed_tensors)} tensors, {len(compact_model.model):,} -> {len(stored.model):,} bytes",
         )
     contents = {
-        f"{options.name}_float.tflite": float_tflite,
-        f"{options.name}_int8.tflite": int8_tflite,
-        f"{options.name}_int8_tflm.tflite": stored.model,
+        f"{options.config.name}_float.tflite": float_tflite,
+        f"{options.config.name}_int8.tflite": int8_tflite,
+        f"{options.config.name}_int8_tflm.tflite": stored.model,
     }
     if stored.compressed_tensors:
-        contents[f"{options.name}_int8_tflm_dense.tflite"] = compact_model.model
+        contents[f"{options.config.name}_int8_tflm_dense.tflite"] = compact_model.model
     else:
         os.remove(dense_tflm_path)
         dense_tflm_path = None
     for filename, content in contents.items():
         with open(os.path.join(staging, filename), "wb") as handle:
             handle.write(content)
-    tflm_path = os.path.join(staging, f"{options.name}_int8_tflm.tflite")
+    tflm_path = os.path.join(staging, f"{options.config.name}_int8_tflm.tflite")
     board_ops = sorted(flatbuffer.op_histogram(stored.model))
     return _Converted(
         float_tflite,
@@ -263,7 +271,7 @@ def _verify(
     """Arena search, TFLM vs the reference kernels, float vs int8 accuracy, and (optional) instruction count."""
     search = converted.dense_arena  # Searched already when the board's model is the dense one.
     if search is None or converted.dense_tflm_path is not None:
-        search = verify.find_min_arena(converted.tflm_path, margin=options.arena_margin)
+        search = verify.find_min_arena(converted.tflm_path, margin=options.config.arena_margin)
     if options.arena_bytes is not None and options.arena_bytes < search.min_bytes:
         raise ValueError(
             f"`arena_bytes`={options.arena_bytes:,} is too small: the model needs at least {search.min_bytes:,} "
@@ -276,8 +284,10 @@ def _verify(
     io_input = converted.io["input"]
     int8_inputs = convert.quantize_input(images, io_input["scale"], io_input["zero_point"])
     tflm_outputs = verify.run_tflm(converted.tflm_path, arena_bytes, int8_inputs)
-    reference = verify.run_reference(converted.int8_tflite, int8_inputs[: options.num_verify])
-    bit_exact = verify.compare_bit_exact(tflm_outputs[: options.num_verify], reference, options.tolerance_lsb)
+    reference = verify.run_reference(converted.int8_tflite, int8_inputs[: options.config.num_verify])
+    bit_exact = verify.compare_bit_exact(
+        tflm_outputs[: options.config.num_verify], reference, options.config.tolerance_lsb
+    )
     float_model = compressed.float_model
     float_check = verify.run_tflite(converted.float_tflite, images[:_FLOAT_TFLITE_CHECK_SAMPLES])
     keras_check = np.asarray(float_model.predict(images[:_FLOAT_TFLITE_CHECK_SAMPLES], verbose=0))
@@ -293,7 +303,7 @@ def _verify(
         predicted = tflm_outputs.reshape(len(tflm_outputs), -1).argmax(axis=1)
         accuracy["top1_agreement"] = float(np.mean(float_outputs.argmax(axis=1) == predicted))
     agreement = "bit-identical" if bit_exact["bit_exact"] else f"at most {bit_exact['max_abs_diff_lsb']} LSB apart"
-    compared = min(options.num_verify, len(tflm_outputs))
+    compared = min(options.config.num_verify, len(tflm_outputs))
     timer.lap(
         "verify in TFLM", f"{len(tflm_outputs):,} samples, {compared:,} against the reference kernels: {agreement}"
     )
@@ -303,7 +313,7 @@ def _verify(
         decode = _check_lossless(converted, int8_inputs, tflm_outputs, options)
         timer.lap("verify compressed weights", f"outputs equal to the dense model's on {len(int8_inputs):,} samples")
     instructions = None
-    if options.count_instructions:
+    if options.config.count_instructions:
         counted = verify.count_instructions_by_op(converted.tflm_path, arena_bytes, int8_inputs[0])
         instructions = None if counted is None else counted.total
         if decode is not None and counted is not None:
@@ -334,7 +344,9 @@ def _check_lossless(
     converted: _Converted, int8_inputs: np.ndarray, outputs: np.ndarray, options: ExportOptions
 ) -> dict[str, Any]:
     """Runs the dense model in TFLM too: the compressed one must give its outputs bit for bit."""
-    dense_arena = converted.dense_arena or verify.find_min_arena(converted.dense_tflm_path, margin=options.arena_margin)
+    dense_arena = converted.dense_arena or verify.find_min_arena(
+        converted.dense_tflm_path, margin=options.config.arena_margin
+    )
     dense_outputs = verify.run_tflm(converted.dense_tflm_path, dense_arena.recommended_bytes, int8_inputs)
     differing = int(
         np.count_nonzero(np.any(dense_outputs.reshape(len(outputs), -1) != outputs.reshape(len(outputs), -1), axis=1))
@@ -343,7 +355,7 @@ def _check_lossless(
         raise verify.VerificationError(
             f"The model with compressed weights gives different TFLM outputs from the same model dense on "
             f"{differing} of {len(outputs)} samples: the encoding is not lossless. Export with "
-            "compression=Compression(store='dense') to store the weights dense."
+            "weight_storage='dense' to store the weights dense."
         )
     return {"dense_arena": dense_arena, "lossless_samples": len(outputs)}
 
@@ -357,7 +369,7 @@ def _write_firmware_sources(
     return c_sources.write_firmware(
         tflm_dir,
         converted.board_model,
-        options.name,
+        options.config.name,
         converted.io,
         converted.ops,
         options.labels,
@@ -371,27 +383,14 @@ def export(
     model: Any,
     representative_data: Iterable[Any],
     output_dir: str,
+    config: ExportConfig | None = None,
     *,
     eval_data: Iterable[Any] | None = None,
     train_data: Any = None,
-    prune_sparsity: float = 0.0,
-    prune_epochs: int = 0,
-    quantize: str = "ptq",
-    weight_quantization: str = "per_channel",
-    compression: Compression | dict[str, Any] | None = None,
     labels: Sequence[str] | None = None,
-    num_representative: int = 200,
-    num_verify: int = 100,
-    num_eval: int = 1000,
-    name: str = "model",
-    qat_epochs: int | None = None,
-    arena_margin: float = 0.1,
-    arena_bytes: int | None = None,
-    count_instructions: bool = False,
-    tolerance_lsb: int | None = None,
-    npu: str | None = None,
     verbose: int = 0,
     progress: Callable[[str], None] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Prunes, quantizes to int8, converts, verifies in TFLite Micro and writes the firmware files.
 
@@ -431,57 +430,36 @@ def export(
         ``tf.data.Dataset``; ``(images, labels)`` elements are accepted) that
         calibrate int8 quantization.
       output_dir: Directory of the artifacts; created if missing.
+      config: The export's settings, an
+        :class:`~keras_shufflenet.micro.ExportConfig` (each field documented
+        there, and a flag of ``train/main.py`` under the same name). Defaults
+        to `None`: its defaults (post-training int8, per-channel weight
+        scales, no pruning or clustering, each weight tensor stored in the
+        smallest of dense, LUT and pruned).
       eval_data: Iterable of ``(images, int labels)`` batches for top-1
         accuracy; without it, accuracy is not reported and the bit-exactness
         check uses representative images. Defaults to `None`.
       train_data: Finite ``tf.data.Dataset`` of ``(images, int labels)``
         batches for pruning/QAT fine-tuning. Defaults to `None`.
-      prune_sparsity: Target fraction of zero weights in conv/dense kernels,
-        in [0, 1); 0 disables pruning. Defaults to `0.0`.
-      prune_epochs: Fine-tuning epochs of pruning (>= 1 when pruning).
-        Defaults to `0`.
-      quantize: ``"ptq"`` (post-training) or ``"qat"`` (quantization-aware
-        training). Defaults to `"ptq"`.
-      weight_quantization: ``"per_channel"`` or ``"per_tensor"`` (one scale
-        per weight tensor: 4 bytes of flash less per output channel, at an
-        accuracy cost to measure; post-training quantization only).
-        Defaults to `"per_channel"`.
-      compression: Weight clustering and how the weights are stored: a
-        :class:`~keras_shufflenet.micro.Compression` or a dict of its
-        fields. Defaults to `None`: no clustering, and each weight tensor
-        stored in the smallest of dense, LUT and pruned.
       labels: Class names, one per output class, written to
         ``model_settings.h``. Defaults to `None` (the class indices).
-      num_representative: Images that calibrate the int8 ranges. Defaults to `200`.
-      num_verify: Samples on which TFLM must be bit-identical to the
-        reference kernels. Defaults to `100`.
-      num_eval: Eval samples for float and int8 top-1. Defaults to `1000`.
-      name: C identifier in file and symbol names (``g_<name>_model_data``).
-        Defaults to `"model"`.
-      qat_epochs: QAT fine-tuning epochs. Defaults to ``prune_epochs`` or 1.
-      arena_margin: Fraction added to the smallest measured arena, in
-        [0, 0.25). Defaults to `0.1`.
-      arena_bytes: A fixed arena size (e.g. the RAM the board can spare);
-        the export fails if the model needs more. Defaults to `None` (the
-        recommended size).
-      count_instructions: Count TFLM instructions per inference with
-        valgrind's callgrind (slow: about half a minute). Defaults to `False`.
-      tolerance_lsb: Largest allowed difference between TFLM and TFLite's
-        reference kernels. Defaults to `None`: 0 (bit-identical; see
-        ``DEFAULT_TOLERANCE_LSB``).
-      npu: An Arm Ethos-U NPU to compile for as well, one of
-        :data:`keras_shufflenet.micro.npu.ACCELERATORS` (e.g.
-        ``"ethos-u55-128"``), with Arm's Vela (``pip install ethos-u-vela``).
-        The int8 model is rewritten for the NPU (grouped convolutions split
-        per group; checked bit-identical in TFLM on every sample), compiled
-        to ``<name>_vela.tflite`` and written as ``ethos_u/model_data.cc``
-        with ``ethos_u/ethos_u_settings.h``; the report's ``npu`` section
-        holds Vela's estimates (cycles, SRAM, flash, per operator, operators
-        left to the CPU). The ``tflm/`` CPU files are unchanged. Defaults to
-        `None`.
       verbose: Keras ``fit`` verbosity during fine-tuning. Defaults to `0`.
       progress: Called with one line as each stage ends (what it did, its
         seconds), e.g. ``print``. Defaults to `None` (silent).
+      **settings: Fields of ``config`` to change, by name (e.g.
+        ``quantize="qat"``, ``clusters=16``; None keeps the value), and
+        ``compression``, a :class:`~keras_shufflenet.micro.Compression` or a
+        dict of its fields, for the clustering and storage fields together.
+
+    With ``npu`` (one of :data:`keras_shufflenet.micro.npu.ACCELERATORS`,
+    e.g. ``"ethos-u55-128"``; needs Arm's Vela, ``pip install
+    ethos-u-vela``), the int8 model is also rewritten for the NPU (grouped
+    convolutions split per group; checked bit-identical in TFLM on every
+    sample), compiled to ``<name>_vela.tflite`` and written as
+    ``ethos_u/model_data.cc`` with ``ethos_u/ethos_u_settings.h``; the
+    report's ``npu`` section holds Vela's estimates (cycles, SRAM, flash, per
+    operator, operators left to the CPU). The ``tflm/`` CPU files are
+    unchanged.
 
     Returns:
       The report (also written as ``report.json``), with ``float_top1``,
@@ -507,22 +485,8 @@ def export(
         model,
         train_data,
         eval_data,
-        name=name,
-        quantize=quantize,
-        weight_quantization=weight_quantization,
-        compression=compression,
-        prune_sparsity=prune_sparsity,
-        prune_epochs=prune_epochs,
-        qat_epochs=qat_epochs,
+        ExportConfig.from_settings(config, **settings),
         labels=labels,
-        num_representative=num_representative,
-        num_verify=num_verify,
-        num_eval=num_eval,
-        arena_margin=arena_margin,
-        arena_bytes=arena_bytes,
-        count_instructions=count_instructions,
-        tolerance_lsb=tolerance_lsb,
-        npu=npu,
         verbose=verbose,
     )
     timer = _Timer(progress)
@@ -543,23 +507,23 @@ def export(
         if options.npu is not None:
             npu_section, npu_files = ethos_u.export_npu(
                 staging,
-                options.name,
+                options.config.name,
                 converted.int8_tflite,
                 options.npu,
                 verified.int8_inputs,
                 verified.tflm_outputs,
-                options.arena_margin,
+                options.config.arena_margin,
             )
             timer.lap("NPU (Vela)", f"compiled for {options.npu}")
         result = report.build(
-            name=options.name,
+            name=options.config.name,
             model=model,
             input_shape=options.input_shape,
             classes=options.classes,
             labels=options.labels,
             model_profile=model_profile,
-            quantize=options.quantize,
-            weight_quantization=options.weight_quantization,
+            quantize=options.config.quantize,
+            weight_quantization=options.config.weight_quantization,
             float_tflite=converted.float_tflite,
             int8_tflite=converted.int8_tflite,
             compact_model=converted.compact_model,

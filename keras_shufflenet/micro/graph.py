@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.layers import PointwiseGroupConv2D
+from keras_shufflenet.micro.qat_objects import qat_scope
 
 
 def input_shape_of(model: Any) -> tuple[int, int, int]:
@@ -43,8 +44,6 @@ def input_shape_of(model: Any) -> tuple[int, int, int]:
 def _clone_scope(model: Any) -> Any:
     """Custom objects needed to clone the model (tfmot wrappers after QAT)."""
     if any(type(layer).__module__.startswith("tensorflow_model_optimization") for layer in model.layers):
-        from keras_shufflenet.micro.compression import qat_scope
-
         return qat_scope()
     return contextlib.nullcontext()
 

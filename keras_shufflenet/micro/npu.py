@@ -26,15 +26,8 @@ import sys
 import tempfile
 from typing import Any
 
-# Vela 5.2's Ethos-U55 and U65 configurations (MACs per cycle in the name).
-ACCELERATORS = (
-    "ethos-u55-32",
-    "ethos-u55-64",
-    "ethos-u55-128",
-    "ethos-u55-256",
-    "ethos-u65-256",
-    "ethos-u65-512",
-)
+from keras_shufflenet.micro.export_config import ACCELERATORS
+
 VELA_REQUIREMENT = "ethos-u-vela==5.2.0"
 _INSTALL_HINT = f"pip install {VELA_REQUIREMENT}` (or `pip install keras-shufflenet[npu]`)"
 # Vela's compiled operator, which the firmware registers with `AddEthosU()`.

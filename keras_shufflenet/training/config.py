@@ -1,12 +1,13 @@
 """The configuration of a run, defined once: every field with its default, help text and allowed values.
 
-A :class:`TrainConfig` nests the input pipeline's :class:`PipelineConfig`
-and the micro export's :class:`MicroExportConfig`; ``train/main.py``
-generates one absl flag per field (flat names: ``--augment``,
-``--quantize``) from the metadata written here, and ``config.json`` stores
-the same flat names. The choice lists of the package live here too. Values
-are checked once, when a config is built or validated, so the code behind it
-needs no checks of its own.
+A :class:`TrainConfig` nests the input pipeline's
+:class:`~keras_shufflenet.pipeline_config.PipelineConfig` and the micro
+export's :class:`~keras_shufflenet.micro.export_config.ExportConfig`;
+``train/main.py`` generates one absl flag per field (flat names:
+``--augment``, ``--quantize``) from their metadata
+(:mod:`keras_shufflenet.config_fields`), and ``config.json`` stores the same
+flat names. Values are checked once, when a config is built or validated, so
+the code behind it needs no checks of its own.
 
 This module imports neither TensorFlow nor Keras: the command line reads it
 before it chooses which Keras the process runs (see :func:`needs_legacy_keras`).
@@ -15,261 +16,21 @@ before it chooses which Keras the process runs (see :func:`needs_legacy_keras`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from keras_shufflenet import architecture
-from keras_shufflenet.micro.npu import ACCELERATORS
-from keras_shufflenet.micro.tflm_compression import MAX_CLUSTERS, MAX_INDEX_BITS, STORE_MODES, Compression
+from keras_shufflenet.config_fields import ConfigError, bad_value, check_fields, option
+from keras_shufflenet.micro.export_config import ExportConfig
+from keras_shufflenet.pipeline_config import PipelineConfig
 
-# The choice lists of the package.
+# The choice lists of training.
 MODES = ("train", "eval", "export")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-AUGMENTATIONS = ("none", "shift", "affine", "scale")
-CHANNELS = (0, 1, 3)
 VERBOSITIES = (0, 1, 2, 3)
-# How the micro export quantizes (``micro.export``'s ``quantize``), and
-# "none" for a training run without an export.
-EXPORT_QUANTIZE_MODES = ("ptq", "qat")
-QUANTIZE_MODES = ("none", *EXPORT_QUANTIZE_MODES)
-# How pixels become the model's input: "unit" is preprocess_input's [-1, 1];
-# "official" the official ShuffleNet v1 checkpoints' BGR pixels in 0..255.
-PREPROCESSINGS = ("unit", "official")
-# Convolution weight scales: one per output channel (the converter's default)
-# or one per tensor (4 bytes less per output channel).
-WEIGHT_QUANTIZATIONS = ("per_channel", "per_tensor")
-
-
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message names it, the value received and what is allowed."""
-
-
-def option(default: Any, help: str, *, choices: tuple[Any, ...] | None = None, interval: str | None = None) -> Any:
-    """A config field with its help text and allowed values (read by :func:`check_fields` and the flags).
-
-    Args:
-      default: The default value; its type is the field's (``None``: a string).
-      help: One line for ``--help``.
-      choices: The allowed values, if they are a list.
-      interval: The allowed range, e.g. ``"[0, 1)"`` or ``"(0, inf)"``.
-    """
-    metadata = {"help": help, "choices": choices, "interval": _parse_interval(interval) if interval else None}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def _parse_interval(text: str) -> tuple[float, float, bool, bool]:
-    low, high = (float(part) for part in text[1:-1].split(","))
-    return low, high, text[0] == "(", text[-1] == ")"
-
-
-def _describe_interval(interval: tuple[float, float, bool, bool], integer: bool) -> str:
-    low, high, low_open, high_open = interval
-    prefix = "an integer " if integer else ""
-    if math.isinf(high):
-        return f"{prefix}{'>' if low_open else '>='} {low:g}"
-    return f"{prefix}in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-
-def _in_interval(value: float, interval: tuple[float, float, bool, bool]) -> bool:
-    low, high, low_open, high_open = interval
-    return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-
-
-def bad_value(name: str, value: Any, allowed: str) -> ConfigError:
-    """The error for field ``name``: what was received and what is allowed."""
-    return ConfigError(f"{name} must be {allowed}. Received: {name}={value!r}")
-
-
-def check_fields(config: Any) -> None:
-    """Checks every field of a config dataclass against its :func:`option` metadata.
-
-    Raises:
-      ConfigError: Naming the first field whose value is not allowed.
-    """
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value) or field.metadata.get("help") is None:
-            continue
-        default = field.default
-        choices, interval = field.metadata["choices"], field.metadata["interval"]
-        if choices is not None and value not in choices:
-            raise bad_value(field.name, value, f"one of {choices}")
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise bad_value(field.name, value, "True or False")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad_value(field.name, value, "an integer")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad_value(field.name, value, "a number")
-        if interval is not None and not _in_interval(value, interval):
-            raise bad_value(field.name, value, _describe_interval(interval, isinstance(default, int)))
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    """How images are resized, augmented and batched (:mod:`keras_shufflenet.data`).
-
-    ``augment="scale"`` is the paper's "slightly less aggressive" scale
-    augmentation (Inception's crops go down to 8 %): a random-area crop of
-    ``min_crop_area``..1 of the image with aspect 3/4..4/3, resized to
-    ``input_size``, with evaluation on a center crop of
-    ``eval_crop_fraction`` of a resize (224 of 256).
-    """
-
-    input_size: int = option(32, "Model input height and width; images are resized.", interval="[1, inf)")
-    channels: int = option(0, "Model input channels (1 or 3); 0 takes the dataset's.", choices=CHANNELS)
-    augment: str = option(
-        "shift",
-        "none; shift: random translation (small images); affine: random rotation, scale and translation (digits); "
-        "scale: random-area crops with center-crop eval (ImageNet).",
-        choices=AUGMENTATIONS,
-    )
-    random_flip: bool = option(False, "Random horizontal flips in training (not for digits or text).")
-    shift_fraction: float = option(
-        0.125, "Largest translation of --augment=shift and affine, as a fraction of the size.", interval="[0, 1)"
-    )
-    max_rotation: float = option(10.0, "Largest rotation of --augment=affine, in degrees.", interval="[0, 180]")
-    max_zoom: float = option(
-        0.1, "Largest change of scale of --augment=affine, as a fraction (0.1: 0.9x to 1.1x).", interval="[0, 1)"
-    )
-    min_crop_area: float = option(0.25, "Smallest crop area fraction of --augment=scale.", interval="(0, 1]")
-    eval_crop_fraction: float = option(
-        0.875, "Center-crop fraction of --augment=scale eval (224 of 256).", interval="(0, 1]"
-    )
-    preprocessing: str = option(
-        "unit",
-        "unit: pixels / 127.5 - 1 (keras_shufflenet.preprocess_input); official: BGR pixels in 0..255, the input of "
-        "the official ShuffleNet v1 checkpoints (with --augment=scale: eval resizes to 256, crops 224).",
-        choices=PREPROCESSINGS,
-    )
-    cache: bool = option(True, "Cache decoded, resized images in memory (turn off for datasets larger than RAM).")
-    shuffle_buffer: int = option(10_000, "Shuffle buffer size in images.", interval="[1, inf)")
-    seed: int = option(0, "Seed of initialization, shuffling, augmentation and held-out splits.")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-def parse_layer_clusters(text: str) -> dict[str, int] | None:
-    """``"stage3:8,stage4:4"`` as ``{"stage3": 8, "stage4": 4}`` (None for an empty text).
-
-    Raises:
-      ConfigError: For an entry that is not ``prefix:count``.
-    """
-    if not text:
-        return None
-    result = {}
-    for entry in text.split(","):
-        prefix, _, count = entry.strip().partition(":")
-        if not prefix or not count.strip().isdigit():
-            raise bad_value("layer_clusters", text, "comma-separated layer-name-prefix:count entries, e.g. 'stage4:4'")
-        result[prefix] = int(count)
-    return result
-
-
-@dataclasses.dataclass(frozen=True)
-class MicroExportConfig:
-    """The microcontroller export of a trained run (the arguments of :func:`keras_shufflenet.micro.export`)."""
-
-    quantize: str = option(
-        "none",
-        "Micro export: none, post-training int8 (ptq), or quantization-aware int8 (qat).",
-        choices=QUANTIZE_MODES,
-    )
-    prune_sparsity: float = option(
-        0.0, "Magnitude-pruning target sparsity of the micro export (0 = no pruning).", interval="[0, 0.99]"
-    )
-    prune_epochs: int = option(2, "Fine-tuning epochs for pruning and QAT in the micro export.", interval="[0, inf)")
-    weight_quantization: str = option(
-        "per_channel",
-        "int8 weight scales of the micro export: per output channel, or one per tensor (smaller, PTQ only).",
-        choices=WEIGHT_QUANTIZATIONS,
-    )
-    clusters: int = option(
-        0,
-        "Weight clustering of the micro export: shared values per kernel, stored as LUT indices (0 = none).",
-        interval=f"[0, {MAX_CLUSTERS}]",
-    )
-    layer_clusters: str = option(
-        "",
-        "Cluster counts by layer-name prefix, overriding --clusters, e.g. 'stage4:4' or 'stage3:8,stage4:4'.",
-    )
-    cluster_per_channel: bool = option(
-        False, "Cluster each output channel on its own (for per-channel weights; one LUT table per channel)."
-    )
-    cluster_epochs: int = option(Compression.epochs, "Fine-tuning epochs of weight clustering.", interval="[1, inf)")
-    cluster_learning_rate: float = option(
-        Compression.learning_rate,
-        "Adam learning rate of the clustering fine-tune (cosine decay to 0).",
-        interval="(0, inf)",
-    )
-    weight_storage: str = option(
-        "auto",
-        "How the board's model stores weights (decoded by TFLM's DECODE): auto = per tensor the smallest of "
-        "LUT, pruned and dense.",
-        choices=STORE_MODES,
-    )
-    index_bits: int = option(
-        0, "LUT index bits of clustered weights (0 = what --clusters needs).", interval=f"[0, {MAX_INDEX_BITS}]"
-    )
-    max_decoded_bytes: int = option(
-        0,
-        "Largest weight tensor stored compressed (decoded into the arena); 0 = the dense model's arena.",
-        interval="[0, inf)",
-    )
-    representative_samples: int = option(200, "Training images that calibrate int8 quantization.", interval="[0, inf)")
-    npu: str = option(
-        "none",
-        "Also compile the int8 model for an Arm Ethos-U NPU with Vela (pip install ethos-u-vela): none or an "
-        "accelerator configuration.",
-        choices=("none", *ACCELERATORS),
-    )
-    export_dir: str = option("", "Directory of the micro export; empty uses --model_dir.")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        try:
-            self.compression.check(self.quantize, self.weight_quantization)
-        except ValueError as error:
-            raise ConfigError(str(error).replace("`per_channel`", "`cluster_per_channel`")) from None
-        if self.npu != "none" and not self.enabled:
-            raise bad_value("npu", self.npu, "'none' without a micro export (--quantize=none)")
-        if self.weight_quantization == "per_tensor" and self.quantize == "qat":
-            raise bad_value(
-                "weight_quantization",
-                self.weight_quantization,
-                "'per_channel' with quantize='qat' (QAT learns per-channel ranges)",
-            )
-
-    @property
-    def enabled(self) -> bool:
-        """Whether a training run ends with a micro export."""
-        return self.quantize != "none"
-
-    @property
-    def compression(self) -> Compression:
-        """The ``compression`` argument of :func:`keras_shufflenet.micro.export`."""
-        return Compression(
-            clusters=self.clusters,
-            per_channel=self.cluster_per_channel,
-            epochs=self.cluster_epochs,
-            learning_rate=self.cluster_learning_rate,
-            store=self.weight_storage,
-            index_bits=self.index_bits or None,
-            layer_clusters=parse_layer_clusters(self.layer_clusters),
-            max_decoded_bytes=self.max_decoded_bytes or None,
-        )
-
-    @property
-    def needs_tfmot(self) -> bool:
-        """Whether the export prunes or runs QAT (tensorflow-model-optimization, Keras 2 only)."""
-        return self.enabled and (self.prune_sparsity > 0 or self.quantize == "qat")
 
 
 @dataclasses.dataclass
@@ -277,7 +38,7 @@ class TrainConfig:
     """Everything a training, evaluation or export run needs; one flag of ``train/main.py`` per field.
 
     The fields of ``data`` (:class:`PipelineConfig`) and ``micro``
-    (:class:`MicroExportConfig`) are flags too, under their own names. Build a
+    (:class:`~keras_shufflenet.micro.export_config.ExportConfig`) are flags too, under their own names. Build a
     config from flat names with :meth:`from_flat` and change it with
     :meth:`replace`; :meth:`flat` gives the flat names back.
     """
@@ -350,8 +111,10 @@ class TrainConfig:
         choices=VERBOSITIES,
     )
     eval_model: str = option("", "Model for --mode=eval; empty uses model_dir/model.keras.")
+    export_dir: str = option("", "Directory of the micro export; empty uses --model_dir.")
     data: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
-    micro: MicroExportConfig = dataclasses.field(default_factory=MicroExportConfig)
+    # A training run exports only when asked (--quantize=ptq or qat).
+    micro: ExportConfig = dataclasses.field(default_factory=lambda: ExportConfig(quantize="none"))
 
     def validate(self) -> None:
         """Checks every value; raises :class:`ConfigError` naming the first bad one."""
@@ -362,12 +125,6 @@ class TrainConfig:
             raise bad_value("model_dir", self.model_dir, "a directory path")
         if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
             raise bad_value("model_dir", self.model_dir, "a directory path, not an existing file")
-        if self.micro.enabled and self.micro.representative_samples < 1:
-            raise bad_value(
-                "representative_samples",
-                self.micro.representative_samples,
-                f">= 1 with --quantize={self.micro.quantize} (int8 calibration needs images)",
-            )
         minimum_scale = architecture.min_scale_factor(self.groups)
         if self.scale_factor < minimum_scale:
             raise bad_value("scale_factor", self.scale_factor, f">= {minimum_scale:g} with groups={self.groups}")
@@ -387,9 +144,9 @@ class TrainConfig:
         return self.eval_batch_size or self.batch_size
 
     @property
-    def export_dir(self) -> str:
-        """Where the micro export goes (``micro.export_dir``, or ``model_dir``)."""
-        return self.micro.export_dir or self.model_dir
+    def resolved_export_dir(self) -> str:
+        """Where the micro export goes (``export_dir``, or ``model_dir``)."""
+        return self.export_dir or self.model_dir
 
     def flat(self) -> dict[str, Any]:
         """Every field under its flag name, in flag order (what ``config.json`` and ``flags.txt`` hold)."""
@@ -431,7 +188,7 @@ def flag_fields() -> list[tuple[str, tuple[str, ...], dataclasses.Field]]:
     result = []
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("data", "micro"):
-            nested = PipelineConfig if field.name == "data" else MicroExportConfig
+            nested = PipelineConfig if field.name == "data" else ExportConfig
             result += [(inner.name, (field.name,), inner) for inner in dataclasses.fields(nested)]
         else:
             result.append((field.name, (), field))

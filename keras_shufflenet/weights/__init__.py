@@ -34,7 +34,6 @@ from keras_shufflenet.weights.reader import CheckpointError, checkpoint_layout, 
 __all__ = [
     "CheckpointError",
     "OfficialCheckpoint",
-    "convert",
     "is_torch_checkpoint",
     "load_official_weights",
     "official_preprocess_input",
@@ -160,40 +159,3 @@ def official_preprocess_input(images: Any) -> Any:
     import tensorflow as tf
 
     return tf.reverse(tf.cast(images, tf.float32), axis=[-1])
-
-
-def convert(checkpoint_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> OfficialCheckpoint:
-    """Converts an official checkpoint into a Keras weights file (``.weights.h5``), written atomically.
-
-    The file loads with ``ShuffleNet(weights=output_path, scale_factor=...,
-    groups=..., convention="official")`` of the checkpoint's configuration.
-
-    Args:
-      checkpoint_path: The official checkpoint.
-      output_path: The Keras weights file to write; must end in ``.weights.h5``.
-
-    Returns:
-      The checkpoint that was read.
-
-    Raises:
-      CheckpointError: As :func:`read_official_checkpoint`.
-      ValueError: If ``output_path`` does not end in ``.weights.h5``.
-    """
-    output_path = os.fspath(output_path)
-    if not output_path.endswith(".weights.h5"):
-        raise ValueError(f"`output_path` must end in '.weights.h5'. Received: output_path={output_path!r}")
-    checkpoint = read_official_checkpoint(checkpoint_path)
-    from keras_shufflenet import run_dir
-    from keras_shufflenet.shufflenet import ShuffleNet
-
-    model = ShuffleNet(
-        weights=None,
-        classes=checkpoint.classes,
-        scale_factor=checkpoint.scale_factor,
-        groups=checkpoint.groups,
-        convention="official",
-    )
-    load_official_weights(model, checkpoint)
-    with run_dir.atomic_path(output_path) as tmp:  # Same base name: Keras 3 checks the suffix.
-        model.save_weights(tmp)
-    return checkpoint

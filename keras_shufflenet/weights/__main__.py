@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from keras_shufflenet import weights
+    from keras_shufflenet.checkpoint_conversion import convert  # Imports TensorFlow: after the arguments.
 
     try:
-        checkpoint = weights.convert(args.checkpoint, args.output)
+        checkpoint = convert(args.checkpoint, args.output)
     except (weights.CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
