@@ -379,6 +379,9 @@ def test_an_arena_too_small_for_the_target_is_an_error(quickstart_run, tmp_path)
     built = firmware.build(str(quickstart_run["dir"] / "tflm"), "host", "reference", str(tmp_path), TREE, 4096)
     with pytest.raises(firmware.FirmwareError, match="tensor arena is too small on this target"):
         firmware.run(built["elf"], "host")
+    # setup() failing is the application's exit status too, for a board's own test harness.
+    result = subprocess.run([built["elf"]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "AllocateTensors() failed" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

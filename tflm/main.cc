@@ -15,12 +15,12 @@ int main(int argc, char* argv[]) {
 #ifdef KS_MARKERS
   StackPaint();
 #endif
-  setup();
+  if (!setup()) return EXIT_FAILURE;  // setup() printed why.
   // One inference per sample is enough on a host or an emulator (`shufflenet N`
   // runs N); on a board, loop() would run forever on camera frames.
   const int inferences = argc > 1 ? std::atoi(argv[1]) : kNumSamples;
   for (int i = 0; i < inferences; ++i) {
-    loop();
+    if (!loop()) return EXIT_FAILURE;
   }
 #ifdef KS_MARKERS
   MicroPrintf("Stack: %d bytes used.", static_cast<int>(StackUsedBytes()));

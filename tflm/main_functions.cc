@@ -50,14 +50,14 @@ tflite::MicroProfilerInterface* const kProfiler = nullptr;
 #endif
 }  // namespace
 
-void setup() {
+bool setup() {
   tflite::InitializeTarget();
 
   model = tflite::GetModel(kModelData);
   if (model->version() != TFLITE_SCHEMA_VERSION) {
     MicroPrintf("Model schema version %d differs from the supported version %d.", model->version(),
                 TFLITE_SCHEMA_VERSION);
-    return;
+    return false;
   }
 
   // Registers exactly the operators the model uses, so the linker drops every
@@ -65,7 +65,7 @@ void setup() {
   static ModelOpResolver resolver;
   if (RegisterModelOps(resolver) != kTfLiteOk) {
     MicroPrintf("Registering the model's operators failed.");
-    return;
+    return false;
   }
 
   static tflite::MicroInterpreter static_interpreter(model, resolver, tensor_arena, kArenaSize,
@@ -74,7 +74,7 @@ void setup() {
   if (interpreter->AllocateTensors() != kTfLiteOk) {
     MicroPrintf("AllocateTensors() failed: the tensor arena (%d bytes) is too small.", kArenaSize);
     interpreter = nullptr;
-    return;
+    return false;
   }
   MicroPrintf("Arena: %d of %d bytes used.", static_cast<int>(interpreter->arena_used_bytes()), kArenaSize);
 
@@ -84,11 +84,13 @@ void setup() {
     MicroPrintf("The model's input is not the int8 %dx%dx%d image model_settings.h describes.", kNumRows, kNumCols,
                 kNumChannels);
     interpreter = nullptr;
+    return false;
   }
+  return true;
 }
 
-void loop() {
-  if (interpreter == nullptr) return;
+bool loop() {
+  if (interpreter == nullptr) return false;
   const int sample = sample_index;
   sample_index = (sample_index + 1) % kNumSamples;
 
@@ -107,7 +109,7 @@ void loop() {
 #endif
   if (status != kTfLiteOk) {
     MicroPrintf("Invoke failed.");
-    return;
+    return false;
   }
 
   const TfLiteTensor* output = interpreter->output(0);
@@ -138,4 +140,5 @@ void loop() {
     }
     MicroPrintf("Sample %d output %d:%s", sample, start, line);
   }
+  return true;
 }

@@ -10,6 +10,7 @@ staging directory and moved into ``output_dir`` at the end.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import shutil
@@ -283,8 +284,23 @@ def _verify(
     images = data.eval_images if data.eval_images is not None else data.calibration
     io_input = converted.io["input"]
     int8_inputs = convert.quantize_input(images, io_input["scale"], io_input["zero_point"])
-    tflm_outputs = verify.run_tflm(converted.tflm_path, arena_bytes, int8_inputs)
-    reference = verify.run_reference(converted.int8_tflite, int8_inputs[: options.config.num_verify])
+    dense_arena = None
+    if converted.dense_tflm_path is not None:
+        dense_arena = converted.dense_arena or verify.find_min_arena(
+            converted.dense_tflm_path, margin=options.config.arena_margin
+        )
+    # Each TFLM run is a single-threaded child: the board's model, the same model dense (when the board's
+    # stores its weights compressed) and the reference kernels (here) run side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        board_run = pool.submit(verify.run_tflm, converted.tflm_path, arena_bytes, int8_inputs)
+        dense_run = None
+        if dense_arena is not None:
+            dense_run = pool.submit(
+                verify.run_tflm, converted.dense_tflm_path, dense_arena.recommended_bytes, int8_inputs
+            )
+        reference = verify.run_reference(converted.int8_tflite, int8_inputs[: options.config.num_verify])
+        tflm_outputs = board_run.result()
+        dense_outputs = None if dense_run is None else dense_run.result()
     bit_exact = verify.compare_bit_exact(
         tflm_outputs[: options.config.num_verify], reference, options.config.tolerance_lsb
     )
@@ -309,8 +325,8 @@ def _verify(
     )
 
     decode = None
-    if converted.dense_tflm_path is not None:
-        decode = _check_lossless(converted, int8_inputs, tflm_outputs, options)
+    if dense_arena is not None:
+        decode = _check_lossless(dense_arena, dense_outputs, tflm_outputs)
         timer.lap("verify compressed weights", f"outputs equal to the dense model's on {len(int8_inputs):,} samples")
     instructions = None
     if options.config.count_instructions:
@@ -340,14 +356,8 @@ def _verify(
     )
 
 
-def _check_lossless(
-    converted: _Converted, int8_inputs: np.ndarray, outputs: np.ndarray, options: ExportOptions
-) -> dict[str, Any]:
-    """Runs the dense model in TFLM too: the compressed one must give its outputs bit for bit."""
-    dense_arena = converted.dense_arena or verify.find_min_arena(
-        converted.dense_tflm_path, margin=options.config.arena_margin
-    )
-    dense_outputs = verify.run_tflm(converted.dense_tflm_path, dense_arena.recommended_bytes, int8_inputs)
+def _check_lossless(dense_arena: verify.ArenaSearch, dense_outputs: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+    """The model with compressed weights must give the dense model's TFLM outputs bit for bit."""
     differing = int(
         np.count_nonzero(np.any(dense_outputs.reshape(len(outputs), -1) != outputs.reshape(len(outputs), -1), axis=1))
     )

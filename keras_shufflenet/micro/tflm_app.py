@@ -275,14 +275,14 @@ def run(elf: str, target: str, inferences: int | None = None, timeout: float = 1
         raise FirmwareError(f"The firmware did not finish within {timeout:.0f} s: {' '.join(args)}") from err
     text = proc.stdout + proc.stderr
     out = parse_output(text)
-    if proc.returncode != 0:
-        raise FirmwareError(f"The firmware exited with status {proc.returncode}: {' '.join(args)}\n{text[-2000:]}")
     if "AllocateTensors() failed" in text:
         raise FirmwareError(
             "The tensor arena is too small on this target: "
             + text.strip().splitlines()[-1][:300]
             + " Re-export with a larger `arena_bytes`, or build with a larger ARENA_SIZE."
         )
+    if proc.returncode != 0:
+        raise FirmwareError(f"The firmware exited with status {proc.returncode}: {' '.join(args)}\n{text[-2000:]}")
     if not out.samples:
         raise FirmwareError(f"The firmware ran no inference:\n{text[-2000:]}")
     return out
