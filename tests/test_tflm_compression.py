@@ -7,6 +7,8 @@ with per-channel zero points on either channel axis. Whole models are
 checked the same way: compressed and dense give the same TFLM outputs.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -347,3 +349,31 @@ def test_clustered_export_stores_luts_decoded_bit_identical_in_tflm(tmp_path, rn
     # The caller's model keeps its batch norms and its own weights.
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     assert len(np.unique(model.get_layer("stage3_unit2_gconv1").get_weights()[0])) > 100
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="counting instructions needs valgrind")
+def test_a_compressed_export_counts_the_instructions_of_both_models_and_of_decode(tmp_path, rng):
+    keras.utils.set_random_seed(0)
+    model = ShuffleNet(input_shape=(32, 32, 1), classes=4, scale_factor=0.5, groups=3)
+    images = rng.uniform(-1, 1, (32, 32, 32, 1)).astype(np.float32)
+    train_data = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 4, 32))).batch(16)
+    progress = []
+    report = export(
+        model,
+        [images],
+        str(tmp_path / "run"),
+        train_data=train_data,
+        weight_quantization="per_tensor",
+        clusters=4,
+        cluster_epochs=1,
+        num_representative=16,
+        num_verify=4,
+        count_instructions=True,
+        progress=progress.append,
+    )
+    storage = report["weight_storage"]
+    assert report["tflm_instructions_per_inference"] == storage["instructions"] > 0
+    assert storage["dense_instructions"] > 0 and 0 < storage["decode_instructions"] < storage["instructions"]
+    assert storage["instructions_ratio"] == round(storage["instructions"] / storage["dense_instructions"], 4)
+    assert any(line.startswith(f"count instructions: {storage['instructions']:,} per inference") for line in progress)

@@ -6,12 +6,14 @@ in the TFLite Micro interpreter and writes the C++ sources of ``tflm/``.
 
 Modules, one concept each:
 
-* :mod:`~keras_shufflenet.micro.export`: the pipeline of named stages;
+* :mod:`~keras_shufflenet.micro.export`: the orchestrator of the stages in
+  :mod:`~keras_shufflenet.micro.export_stages`;
   :mod:`~keras_shufflenet.micro.export_config` declares its settings
   (:class:`ExportConfig`, also the trainer's flags) and
   :mod:`~keras_shufflenet.micro.options` checks what they need of the model;
 * :mod:`~keras_shufflenet.micro.samples`: calibration, eval and firmware images;
-* :mod:`~keras_shufflenet.micro.compression`: tfmot pruning, clustering and QAT;
+* :mod:`~keras_shufflenet.micro.compression`: clustering, tfmot pruning and QAT
+  (:mod:`~keras_shufflenet.micro.qat_objects`: the custom objects of a QAT model);
 * :mod:`~keras_shufflenet.micro.tflm_compression`: weights stored compressed
   (LUT, pruned) and decoded by TFLM's DECODE operator;
 * :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,

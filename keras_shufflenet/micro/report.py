@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
+from keras_shufflenet.micro import export_stages as stages
 from keras_shufflenet.micro import flatbuffer, npu
 from keras_shufflenet.micro.compression import describe_clusters, describe_finetune
+from keras_shufflenet.micro.options import ExportOptions
 
 _COMPACT_NOTE = (
     "TFLM-only flatbuffer: single zero point for symmetric per-channel weights, no bias "
@@ -21,115 +23,93 @@ _COMPACT_NOTE = (
 
 def build(
     *,
-    name: str,
     model: Any,
-    input_shape: Sequence[int],
-    classes: int | None,
-    labels: Sequence[str] | None,
     model_profile: Any,
-    quantize: str,
-    weight_quantization: str,
-    float_tflite: bytes,
-    int8_tflite: bytes,
-    compact_model: Any,
-    stored: Any,
-    clustering: dict[str, Any] | None,
-    decode: dict[str, Any] | None,
-    io: dict[str, Any],
-    arena: Any,
-    arena_bytes: int,
-    float_top1: float | None,
-    int8_top1: float | None,
-    accuracy: dict[str, Any],
-    bit_exact: dict[str, Any],
-    float_tflite_max_abs_diff: float,
-    instructions: int | None,
-    sparsity: dict[str, Any],
-    representative_samples: int,
+    options: ExportOptions,
+    data: stages.ExportData,
+    compressed: stages.Compressed,
+    converted: stages.Converted,
+    stored: stages.Stored,
+    arena: stages.Arena,
+    verified: stages.Verified,
+    instructions: stages.Instructions | None,
     files: Sequence[str],
+    npu: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of one export (everything but ``timings_s``), from what its stages produced.
+    """The report of one export (everything but ``timings_s``), from the results of its stages.
 
     Args:
-      name: The export's C identifier.
       model: The Keras model exported.
-      input_shape: Its ``(H, W, C)``.
-      classes: Its classes (`None` if not a classifier).
-      labels: The class names written to the firmware.
       model_profile: :func:`keras_shufflenet.profile` of ``model``.
-      quantize: ``"ptq"`` or ``"qat"``.
-      weight_quantization: ``"per_channel"`` or ``"per_tensor"``.
-      float_tflite: The float32 flatbuffer.
-      int8_tflite: The standard full-int8 flatbuffer.
-      compact_model: The :class:`~keras_shufflenet.micro.compact.CompactModel` (dense weights).
-      stored: The :class:`~keras_shufflenet.micro.tflm_compression.CompressedModel`
-        the board gets (its model is the compact one when nothing was compressed).
-      clustering: The clustering settings and distinct values (`None` without clustering).
-      decode: With compressed weights: the dense model's arena search, the
-        samples checked lossless, and (when counted) instructions of both
-        models and of the DECODE operators.
-      io: :func:`~keras_shufflenet.micro.flatbuffer.io_quantization` of the int8 model.
-      arena: The :class:`~keras_shufflenet.micro.verify.ArenaSearch`.
-      arena_bytes: The arena written to ``model_settings.h``.
-      float_top1: Float top-1 on the eval samples (`None` without eval data).
-      int8_top1: Int8 top-1 in TFLM.
-      accuracy: The accuracy details (samples, drop, agreement).
-      bit_exact: :func:`~keras_shufflenet.micro.verify.compare_bit_exact`'s result.
-      float_tflite_max_abs_diff: Largest difference of the float ``.tflite`` from Keras.
-      instructions: TFLM instructions per inference (`None` if not counted).
-      sparsity: The weight sparsity statistics.
-      representative_samples: Calibration images used.
+      options: The export's settings and what they resolved to.
+      data: The calibration and eval images read.
+      compressed: The fine-tuning steps' models and statistics.
+      converted: The float and int8 flatbuffers and the compact copy.
+      stored: The board's model, weights stored compressed where smaller.
+      arena: The arena searches and the arena written to the firmware.
+      verified: What TFLM did: exactness, accuracy, the lossless check.
+      instructions: The instruction counts (`None` when not counted).
       files: The files of the export besides the two reports.
+      npu: The Ethos-U section (`None` without an NPU).
 
     Returns:
       The report dict (what ``report.json`` holds).
     """
-    return {
-        "name": name,
+    search = arena.search
+    result = {
+        "name": options.config.name,
         "model_name": model.name,
         "keras": "tf_keras (Keras 2)" if USE_LEGACY_KERAS else "Keras 3",
-        "input_shape": list(input_shape),
-        "classes": classes,
-        "labels": None if labels is None else list(labels),
+        "input_shape": list(options.input_shape),
+        "classes": options.classes,
+        "labels": None if options.labels is None else list(options.labels),
         "macs": int(model_profile.macs),
         "params": int(model_profile.params),
-        "quantize": quantize,
-        "weight_quantization": weight_quantization,
-        "flash_bytes": len(stored.model),
-        "int8_standard_bytes": len(int8_tflite),
+        "quantize": options.config.quantize,
+        "weight_quantization": options.config.weight_quantization,
+        "flash_bytes": len(stored.stored.model),
+        "int8_standard_bytes": len(converted.int8_tflite),
         "compact": {
-            "saved_bytes": compact_model.saved_bytes,
-            "zero_points_collapsed": compact_model.zero_points_collapsed,
-            "bias_quantizations_dropped": compact_model.bias_quantizations_dropped,
+            "saved_bytes": converted.compact_model.saved_bytes,
+            "zero_points_collapsed": converted.compact_model.zero_points_collapsed,
+            "bias_quantizations_dropped": converted.compact_model.bias_quantizations_dropped,
             "note": _COMPACT_NOTE,
         },
-        "int8_zlib_bytes": len(zlib.compress(compact_model.model, 9)),
-        "float_tflite_bytes": len(float_tflite),
-        "arena_bytes": int(arena_bytes),
+        "int8_zlib_bytes": len(zlib.compress(converted.compact_model.model, 9)),
+        "float_tflite_bytes": len(converted.float_tflite),
+        "arena_bytes": int(arena.bytes),
         "arena": {
-            "min_bytes": arena.min_bytes,
-            "recommended_bytes": arena.recommended_bytes,
-            "margin": arena.margin,
-            "probes": arena.probes,
+            "min_bytes": search.min_bytes,
+            "recommended_bytes": search.recommended_bytes,
+            "margin": search.margin,
+            "probes": search.probes,
             "measured_on": "host (64-bit) TFLite Micro from the tflite-micro package",
         },
-        "float_top1": float_top1,
-        "int8_top1": int8_top1,
-        "accuracy": accuracy,
-        "tflm_bit_exact": bit_exact,
-        "float_tflite_max_abs_diff": float_tflite_max_abs_diff,
-        "tflm_instructions_per_inference": instructions,
-        "sparsity": sparsity,
-        "clustering": clustering,
-        "weight_storage": _weight_storage(stored, arena, instructions, decode),
-        "ops": flatbuffer.op_histogram(stored.model),
-        "io": io,
-        "representative_samples": representative_samples,
+        "float_top1": verified.float_top1,
+        "int8_top1": verified.int8_top1,
+        "accuracy": {**compressed.accuracy_before, **verified.accuracy},
+        "tflm_bit_exact": verified.bit_exact,
+        "float_tflite_max_abs_diff": verified.float_tflite_max_abs_diff,
+        "tflm_instructions_per_inference": None if instructions is None else instructions.total,
+        "sparsity": {
+            **compressed.sparsity,
+            "int8_zero_fraction": flatbuffer.int8_weight_zero_fraction(converted.int8_tflite),
+        },
+        "clustering": compressed.clustering,
+        "weight_storage": _weight_storage(stored.stored, search, instructions, verified.decode),
+        "ops": flatbuffer.op_histogram(stored.stored.model),
+        "io": converted.io,
+        "representative_samples": len(data.calibration),
         "files": [*files, "report.json", "report.md"],
     }
+    if npu is not None:
+        result["npu"] = npu
+    return result
 
 
-def _weight_storage(stored: Any, arena: Any, instructions: int | None, decode: dict[str, Any] | None) -> dict[str, Any]:
+def _weight_storage(
+    stored: Any, arena: Any, instructions: stages.Instructions | None, decode: dict[str, Any] | None
+) -> dict[str, Any]:
     """Dense against compressed: flash, arena and instructions, and how each weight tensor is stored."""
     result: dict[str, Any] = {
         "compressed": bool(stored.compressed_tensors),
@@ -150,13 +130,13 @@ def _weight_storage(stored: Any, arena: Any, instructions: int | None, decode: d
             "largest decoded tensor."
         ),
     )
-    if "instructions" in decode:
-        dense = decode["dense_instructions"]
+    if instructions is not None and instructions.total is not None:
+        dense = instructions.dense
         result.update(
-            instructions=instructions,
+            instructions=instructions.total,
             dense_instructions=dense,
-            decode_instructions=decode["decode_instructions"],
-            instructions_ratio=round(instructions / dense, 4) if dense else None,
+            decode_instructions=instructions.decode,
+            instructions_ratio=round(instructions.total / dense, 4) if dense else None,
         )
     return result
 
