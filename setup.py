@@ -1,6 +1,29 @@
 """keras-shufflenet: ShuffleNet v1 for Keras with a TensorFlow Lite Micro path."""
 
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# The firmware application (its sources, Makefile and tools) ships inside the package, where
+# keras_shufflenet.micro.tflm_app finds it once installed; a checkout uses tflm/ itself.
+APP_SOURCE, APP_PACKAGE_DIR = "tflm", os.path.join("keras_shufflenet", "micro", "app")
+
+
+class BuildPyWithFirmwareApp(build_py):
+    """build_py that also copies tflm/ (less its build outputs) into the built package."""
+
+    def run(self) -> None:
+        super().run()
+        if os.path.isdir(APP_SOURCE):
+            shutil.copytree(
+                APP_SOURCE,
+                os.path.join(self.build_lib, APP_PACKAGE_DIR),
+                ignore=shutil.ignore_patterns("build", "__pycache__", "*.o", "*.a"),
+                dirs_exist_ok=True,
+            )
+
 
 EXTRAS = {
     # Training and evaluation on tf.data / TensorFlow Datasets (train/main.py).
@@ -37,6 +60,7 @@ setup(
     package_data={"keras_shufflenet": ["datasets/data/*.csv.gz", "datasets/data/*.md", "datasets/data/*.txt"]},
     install_requires=["tensorflow==2.21.0", "keras>=3.10", "numpy"],
     extras_require=EXTRAS,
+    cmdclass={"build_py": BuildPyWithFirmwareApp},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",

@@ -463,3 +463,65 @@ def test_set_32bit_arena_adds_two_percent_rounded_to_16_bytes():
     assert "constexpr int kTensorArenaSize64 = 99000;" in text
     again, _ = c_sources.set_32bit_arena(text, 80_000, ["cortex-m7_reference"])
     assert again.count("kTensorArenaSize32 =") == 1
+
+
+@pytest.mark.slow
+@needs_tree
+def test_an_installed_wheel_builds_and_runs_the_firmware_outside_the_checkout(quickstart_run, tmp_path):
+    # The wheel ships tflm/ inside the package; run from elsewhere, with only the installed copy importable.
+    # Built from a copy: setuptools writes build/ and *.egg-info beside setup.py.
+    source = tmp_path / "source"
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "runs", "*.egg-info", "__pycache__"),
+    )
+    wheel_command = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)]
+    subprocess.run(
+        [sys.executable, "-m", *wheel_command],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = (tmp_path / "dist").glob("keras_shufflenet-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert (site / "keras_shufflenet" / "micro" / "app" / "Makefile").is_file()
+    assert not (site / "keras_shufflenet" / "micro" / "app" / "build").exists()
+    run_dir = tmp_path / "run"
+    shutil.copytree(quickstart_run["dir"], run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), TFLM_TREE=TREE)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_shufflenet.micro.firmware",
+            f"--run_dir={run_dir}",
+            "--target=host",
+            "--kernels=reference",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads((run_dir / "firmware" / "host_reference" / "result.json").read_text())
+    assert record["built"] and record["output_matches_host"]
+    located = subprocess.run(
+        [sys.executable, "-c", "import keras_shufflenet.micro.tflm_app as app; print(app.APP_DIR)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert located.stdout.strip() == str(site / "keras_shufflenet" / "micro" / "app")

@@ -38,10 +38,13 @@ def tree_kernels(kernels: str) -> str:
     return "cmsis_nn" if kernels == "shufflenet" else kernels
 
 
-# The application sources and their Makefile, beside the package in a checkout.
-APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tflm")
-# The trees this project builds against when TFLM_TREE is unset.
-DEFAULT_TREE = os.path.join(os.path.dirname(os.path.dirname(APP_DIR)), "shared", "tflm")
+# The application sources and their Makefile: shipped inside an installed package (setup.py copies the
+# checkout's tflm/ there), else beside the package in a checkout.
+PACKAGED_APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
+CHECKOUT_APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tflm")
+APP_DIR = PACKAGED_APP_DIR if os.path.isfile(os.path.join(PACKAGED_APP_DIR, "Makefile")) else CHECKOUT_APP_DIR
+# The trees a checkout builds against when TFLM_TREE is unset (an installed package needs TFLM_TREE).
+DEFAULT_TREE = os.path.join(os.path.dirname(os.path.dirname(CHECKOUT_APP_DIR)), "shared", "tflm")
 
 _INSTALL_HINT = {
     "arm-none-eabi-g++": "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib",
@@ -199,7 +202,10 @@ def build(
     if not os.path.isfile(os.path.join(model_dir, "model_data.cc")):
         raise FirmwareError(f"`model_dir`={model_dir!r} holds no model_data.cc: give the tflm/ folder an export wrote.")
     if not os.path.isfile(os.path.join(APP_DIR, "Makefile")):
-        raise FirmwareError(f"The application sources are not at {APP_DIR}: run from a checkout of the project.")
+        raise FirmwareError(
+            f"The application sources are not at {APP_DIR}: install the package from a wheel or sdist built by "
+            "setup.py (which ships them), or run from a checkout of the project."
+        )
     require_tool("make")
     require_tool(_compiler(target))
     model_dir = os.path.abspath(model_dir)
