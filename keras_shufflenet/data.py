@@ -331,20 +331,7 @@ def _load_folder(dataset: str, channels: int, holdout_fraction: float, seed: int
     eval_labels = [lab for lab, good in zip(eval_labels, eval_ok, strict=True) if good]
     if not train_paths:
         raise DataError(f"image folder has no readable training images under {train_root}. Received: {dataset!r}")
-    # One class trains a model that always answers it and scores top-1 1.0; a class without
-    # training images is one the model can never learn.
-    if len(class_names) < 2:
-        raise DataError(
-            f"image folder has only one class ({class_names[0]!r} in {train_root}); a classifier needs at least "
-            f"two class subdirectories. Received: {dataset!r}"
-        )
-    learnable = set(train_labels)
-    unlearnable = [name for label, name in enumerate(class_names) if label not in learnable]
-    if unlearnable:
-        raise DataError(
-            f"image folder classes without a readable training image under {train_root}: {unlearnable}. "
-            f"Add images or remove the folders. Received: {dataset!r}"
-        )
+    _check_learnable_classes(class_names, train_labels, train_root, dataset)
 
     if eval_root is None:
         eval_split = "held-out"
@@ -360,20 +347,10 @@ def _load_folder(dataset: str, channels: int, holdout_fraction: float, seed: int
     # Grayscale (with or without alpha) everywhere -> 1 channel; anything else -> RGB.
     target_channels = channels or (1 if np.all(readable_channels <= 2) else 3)
 
-    def load(paths: list[str], labels: list[int]) -> tf.data.Dataset:
-        def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            # Every format decodes to RGB (GIF has no 1-channel mode), then converts.
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            return _convert_channels(image, 3, target_channels), label
-
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
-        # A file that changed since the scan is dropped instead of ending the run.
-        return ds.map(read, num_parallel_calls=_AUTOTUNE).ignore_errors()
-
     return DataSource(
         name=dataset,
-        train=load(train_paths, train_labels),
-        eval=load(eval_paths, eval_labels),
+        train=_folder_images(train_paths, train_labels, target_channels),
+        eval=_folder_images(eval_paths, eval_labels, target_channels),
         num_classes=len(class_names),
         class_names=class_names,
         channels=target_channels,
@@ -383,6 +360,37 @@ def _load_folder(dataset: str, channels: int, holdout_fraction: float, seed: int
         skipped_images=len(skipped),
         skipped_files=skipped,
     )
+
+
+def _check_learnable_classes(class_names: list[str], train_labels: list[int], train_root: str, dataset: str) -> None:
+    """Refuses an image folder with one class, or with a class that has no readable training image."""
+    # One class trains a model that always answers it and scores top-1 1.0; a class without
+    # training images is one the model can never learn.
+    if len(class_names) < 2:
+        raise DataError(
+            f"image folder has only one class ({class_names[0]!r} in {train_root}); a classifier needs at least "
+            f"two class subdirectories. Received: {dataset!r}"
+        )
+    learnable = set(train_labels)
+    unlearnable = [name for label, name in enumerate(class_names) if label not in learnable]
+    if unlearnable:
+        raise DataError(
+            f"image folder classes without a readable training image under {train_root}: {unlearnable}. "
+            f"Add images or remove the folders. Received: {dataset!r}"
+        )
+
+
+def _folder_images(paths: list[str], labels: list[int], target_channels: int) -> tf.data.Dataset:
+    """The images of ``paths`` with their labels, decoded to ``target_channels``."""
+
+    def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # Every format decodes to RGB (GIF has no 1-channel mode), then converts.
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return _convert_channels(image, 3, target_channels), label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
+    # A file that changed since the scan is dropped instead of ending the run.
+    return ds.map(read, num_parallel_calls=_AUTOTUNE).ignore_errors()
 
 
 def _hold_out(

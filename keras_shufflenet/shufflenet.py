@@ -173,6 +173,136 @@ def ShuffleNet(
     groups = 3 if groups is None else groups
     scale_factor = 1.0 if scale_factor is None else scale_factor
     convention = architecture.DEFAULT_CONVENTION if convention is None else convention
+    groups = _check_arguments(
+        include_top=include_top,
+        weights=weights,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        groups=groups,
+        scale_factor=scale_factor,
+        stem_channels=stem_channels,
+        output_stride=output_stride,
+        shallow=shallow,
+        squeeze_excite=squeeze_excite,
+        se_ratio=se_ratio,
+        convention=convention,
+    )
+    shape = _resolve_input_shape(input_shape, input_tensor, output_stride)
+    spec = architecture.network_spec(
+        groups,
+        scale_factor,
+        stem_channels,
+        output_stride=output_stride,
+        shallow=shallow,
+        se_ratio=int(se_ratio) if squeeze_excite else 0,
+    )
+    if spec.stem_channels >= spec.stage_out_channels[0]:
+        raise ValueError(
+            f"`stem_channels` must be below Stage 2's width ({spec.stage_out_channels[0]}), which the first unit "
+            f"extends by concatenation. Received: stem_channels={spec.stem_channels}"
+        )
+
+    if input_tensor is None:
+        img_input = keras.Input(shape=shape, name="image")
+    elif _is_keras_tensor(input_tensor):
+        img_input = input_tensor
+    else:
+        img_input = keras.Input(tensor=input_tensor, shape=shape, name="image")
+
+    x = _stem(img_input, spec, convention)
+    for unit in spec.units:
+        layers = unit_layers(
+            unit.name,
+            in_channels=unit.in_channels,
+            filters=unit.filters,
+            groups=unit.groups,
+            strides=unit.strides,
+            first_pointwise_grouped=unit.first_pointwise_grouped,
+            bottleneck_ratio=architecture.BOTTLENECK_RATIO,
+            shuffle=shuffle,
+            se_ratio=spec.se_ratio,
+            convention=convention,
+        )
+        x = apply_unit(layers, x)
+
+    x = _head(x, include_top, pooling, classes, classifier_activation)
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    if name is None:
+        name = f"shufflenet_{scale_factor:g}x_g{groups}"
+        name += "_shallow" * shallow + "_se" * squeeze_excite
+        name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
+    model = keras.Model(inputs, x, name=name)
+    if checkpoint is not None:
+        official_weights.load_official_weights(model, checkpoint)
+    elif weights is not None:
+        _load_weights(model, os.fspath(weights))
+    return model
+
+
+def _stem(img_input: Any, spec: architecture.NetworkSpec, convention: str) -> Any:
+    """conv1 (+ batch norm, ReLU) and the max pool, as ``spec``'s output stride and ``convention`` ask."""
+    L = keras.layers
+    # "symmetric": one pixel of zeros on every side, then "valid" (PyTorch's padding=1).
+    # A stride-1 3x3 "same" window is symmetric already.
+    symmetric = architecture.CONVENTIONS[convention].padding == "symmetric"
+    x = img_input
+    if symmetric and spec.conv1_strides == 2:
+        x = L.ZeroPadding2D(1, name="conv1_pad")(x)
+    x = L.Conv2D(
+        spec.stem_channels,
+        3,
+        strides=spec.conv1_strides,
+        padding="valid" if symmetric and spec.conv1_strides == 2 else "same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name="conv1",
+    )(x)
+    x = batch_norm("conv1_bn")(x)
+    x = L.ReLU(name="conv1_relu")(x)
+    if spec.max_pool and symmetric:
+        # Zeros stand for PyTorch's -inf padding: after the ReLU no value is below 0.
+        x = L.ZeroPadding2D(1, name="maxpool_pad")(x)
+        x = L.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+    elif spec.max_pool:
+        x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    return x
+
+
+def _head(x: Any, include_top: bool, pooling: str | None, classes: int, classifier_activation: Any) -> Any:
+    """The global pool and classifier (``include_top``), or the optional global pooling of the features."""
+    L = keras.layers
+    if include_top:
+        x = L.GlobalAveragePooling2D(name="global_pool")(x)
+        x = L.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = L.GlobalAveragePooling2D(name="global_pool")(x)
+    elif pooling == "max":
+        x = L.GlobalMaxPooling2D(name="global_pool")(x)
+    return x
+
+
+def _check_arguments(
+    *,
+    include_top: bool,
+    weights: Any,
+    pooling: Any,
+    classes: Any,
+    classifier_activation: Any,
+    groups: Any,
+    scale_factor: Any,
+    stem_channels: Any,
+    output_stride: Any,
+    shallow: Any,
+    squeeze_excite: Any,
+    se_ratio: Any,
+    convention: Any,
+) -> int:
+    """Checks :func:`ShuffleNet`'s arguments (defaults resolved); returns ``groups`` as an int.
+
+    Raises:
+      ValueError: Naming the first bad argument and the value received.
+    """
     if (
         isinstance(groups, bool)
         or not isinstance(groups, (int, np.integer))
@@ -229,86 +359,7 @@ def ShuffleNet(
         raise ValueError(
             f"`convention` must be one of {tuple(architecture.CONVENTIONS)}. Received: convention={convention!r}"
         )
-    shape = _resolve_input_shape(input_shape, input_tensor, output_stride)
-    spec = architecture.network_spec(
-        groups,
-        scale_factor,
-        stem_channels,
-        output_stride=output_stride,
-        shallow=shallow,
-        se_ratio=int(se_ratio) if squeeze_excite else 0,
-    )
-    if spec.stem_channels >= spec.stage_out_channels[0]:
-        raise ValueError(
-            f"`stem_channels` must be below Stage 2's width ({spec.stage_out_channels[0]}), which the first unit "
-            f"extends by concatenation. Received: stem_channels={spec.stem_channels}"
-        )
-
-    if input_tensor is None:
-        img_input = keras.Input(shape=shape, name="image")
-    elif _is_keras_tensor(input_tensor):
-        img_input = input_tensor
-    else:
-        img_input = keras.Input(tensor=input_tensor, shape=shape, name="image")
-
-    L = keras.layers
-    # "symmetric": one pixel of zeros on every side, then "valid" (PyTorch's padding=1).
-    # A stride-1 3x3 "same" window is symmetric already.
-    symmetric = architecture.CONVENTIONS[convention].padding == "symmetric"
-    x = img_input
-    if symmetric and spec.conv1_strides == 2:
-        x = L.ZeroPadding2D(1, name="conv1_pad")(x)
-    x = L.Conv2D(
-        spec.stem_channels,
-        3,
-        strides=spec.conv1_strides,
-        padding="valid" if symmetric and spec.conv1_strides == 2 else "same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name="conv1",
-    )(x)
-    x = batch_norm("conv1_bn")(x)
-    x = L.ReLU(name="conv1_relu")(x)
-    if spec.max_pool and symmetric:
-        # Zeros stand for PyTorch's -inf padding: after the ReLU no value is below 0.
-        x = L.ZeroPadding2D(1, name="maxpool_pad")(x)
-        x = L.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
-    elif spec.max_pool:
-        x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
-    for unit in spec.units:
-        layers = unit_layers(
-            unit.name,
-            in_channels=unit.in_channels,
-            filters=unit.filters,
-            groups=unit.groups,
-            strides=unit.strides,
-            first_pointwise_grouped=unit.first_pointwise_grouped,
-            bottleneck_ratio=architecture.BOTTLENECK_RATIO,
-            shuffle=shuffle,
-            se_ratio=spec.se_ratio,
-            convention=convention,
-        )
-        x = apply_unit(layers, x)
-
-    if include_top:
-        x = L.GlobalAveragePooling2D(name="global_pool")(x)
-        x = L.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = L.GlobalAveragePooling2D(name="global_pool")(x)
-    elif pooling == "max":
-        x = L.GlobalMaxPooling2D(name="global_pool")(x)
-
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    if name is None:
-        name = f"shufflenet_{scale_factor:g}x_g{groups}"
-        name += "_shallow" * shallow + "_se" * squeeze_excite
-        name += f"_os{output_stride}" if output_stride != architecture.DEFAULT_OUTPUT_STRIDE else ""
-    model = keras.Model(inputs, x, name=name)
-    if checkpoint is not None:
-        official_weights.load_official_weights(model, checkpoint)
-    elif weights is not None:
-        _load_weights(model, os.fspath(weights))
-    return model
+    return groups
 
 
 def _is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:

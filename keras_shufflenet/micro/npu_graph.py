@@ -168,24 +168,33 @@ def split_grouped_convs(model: Any) -> int:
                 conv.outputs = np.asarray([out_k], np.int32)
                 operators.append(conv)
                 outputs.append(out_k)
-            concat = schema_fb.OperatorT()
-            concat.opcodeIndex = concat_code
-            concat.inputs = np.asarray(outputs, np.int32)
-            concat.outputs = np.asarray([op.outputs[0]], np.int32)
-            concat.builtinOptionsType = schema_fb.BuiltinOptions.ConcatenationOptions
-            concat.builtinOptions = schema_fb.ConcatenationOptionsT()
-            concat.builtinOptions.axis = 3
-            operators.append(concat)
+            operators.append(_channel_concatenation(concat_code, outputs, op.outputs[0]))
         subgraph.operators = operators
-    # The grouped kernels and biases are now unread: drop their bytes (kept where another tensor shares them).
+    _drop_unread_buffers(model, replaced)
+    return rewritten
+
+
+def _channel_concatenation(opcode_index: int, inputs: list[int], output: int) -> Any:
+    """A CONCATENATION operator of ``inputs`` along the channels into ``output``."""
+    concat = schema_fb.OperatorT()
+    concat.opcodeIndex = opcode_index
+    concat.inputs = np.asarray(inputs, np.int32)
+    concat.outputs = np.asarray([output], np.int32)
+    concat.builtinOptionsType = schema_fb.BuiltinOptions.ConcatenationOptions
+    concat.builtinOptions = schema_fb.ConcatenationOptionsT()
+    concat.builtinOptions.axis = 3
+    return concat
+
+
+def _drop_unread_buffers(model: Any, buffers: list[int]) -> None:
+    """Empties ``buffers`` that no tensor reads any more (a buffer another tensor shares keeps its bytes)."""
     users: dict[int, int] = {}
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
-    for buffer in replaced:
+    for buffer in buffers:
         if users.get(buffer) == 1:
             model.buffers[buffer].data = None
-    return rewritten
 
 
 def _same_quantization(a: Any, b: Any) -> bool:

@@ -263,19 +263,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     source = load_source(config)
     steps = data.steps_per_epoch(source.num_train, config.batch_size)
     epochs = math.ceil(config.train_steps / steps) if config.train_steps else config.epochs
-    one_hot = _one_hot(source.num_classes)
-    train_ds = data.make_train_dataset(source, config.data, config.batch_size).map(one_hot)
-    eval_ds = data.make_eval_dataset(source, config.data, config.eval_batch).map(one_hot)
-    _log.info(
-        "Data %s: %d train / %d eval (%s) images, %d classes, %d channels, %d skipped.",
-        source.name,
-        source.num_train,
-        source.num_eval,
-        source.eval_split,
-        source.num_classes,
-        source.channels,
-        source.skipped_images,
-    )
+    train_ds, eval_ds = _make_datasets(config, source)
 
     print(describe_configuration(config), flush=True)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
@@ -324,15 +312,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                 callbacks=callbacks,
                 verbose=min(config.verbose, 2),
             )
-        if saver.diverged_at is not None:
-            epoch, step = saver.diverged_at
-            kept = saver.last_saved_epoch or resumed_from
-            where = f"epoch {kept} in {own_checkpoint_dir}" if kept else "none (first epoch)"
-            where_in_epoch = f"step {step}" if step else "its end"
-            raise TrainingDivergedError(
-                f"{saver.divergence} at epoch {epoch}, {where_in_epoch}; training stopped. "
-                f"Last good checkpoint: {where}. Lower --learning_rate or check the data."
-            )
+        _raise_if_diverged(saver, resumed_from, own_checkpoint_dir)
         results = model.evaluate(
             eval_ds, steps=data.eval_steps(source.num_eval, config.eval_batch), verbose=0, return_dict=True
         )
@@ -341,10 +321,62 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     saved_model = build_model(config, source.num_classes, source.channels)
     saved_model.set_weights(model.get_weights())
     files = save_model_files(saved_model, output_dir)
+    metrics = _run_metrics(results, saver, config, source, steps, epochs, resumed_from, saved_model, files, start)
+    if history.get("epoch"):
+        plot_curves(history, os.path.join(output_dir, run_dir.CURVES_FILE))
+    run_dir.write_json(os.path.join(output_dir, run_dir.METRICS_FILE), metrics)
+    return metrics
+
+
+def _make_datasets(config: TrainConfig, source: data.DataSource) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training and eval pipelines, labels one-hot (for label smoothing)."""
+    one_hot = _one_hot(source.num_classes)
+    train_ds = data.make_train_dataset(source, config.data, config.batch_size).map(one_hot)
+    eval_ds = data.make_eval_dataset(source, config.data, config.eval_batch).map(one_hot)
+    _log.info(
+        "Data %s: %d train / %d eval (%s) images, %d classes, %d channels, %d skipped.",
+        source.name,
+        source.num_train,
+        source.num_eval,
+        source.eval_split,
+        source.num_classes,
+        source.channels,
+        source.skipped_images,
+    )
+    return train_ds, eval_ds
+
+
+def _raise_if_diverged(saver: checkpointing.EpochCheckpoint, resumed_from: int, own_checkpoint_dir: str) -> None:
+    """Raises :class:`TrainingDivergedError` if the loss became NaN, naming the last good checkpoint."""
+    if saver.diverged_at is None:
+        return
+    epoch, step = saver.diverged_at
+    kept = saver.last_saved_epoch or resumed_from
+    where = f"epoch {kept} in {own_checkpoint_dir}" if kept else "none (first epoch)"
+    where_in_epoch = f"step {step}" if step else "its end"
+    raise TrainingDivergedError(
+        f"{saver.divergence} at epoch {epoch}, {where_in_epoch}; training stopped. "
+        f"Last good checkpoint: {where}. Lower --learning_rate or check the data."
+    )
+
+
+def _run_metrics(
+    results: dict[str, Any],
+    saver: checkpointing.EpochCheckpoint,
+    config: TrainConfig,
+    source: data.DataSource,
+    steps: int,
+    epochs: int,
+    resumed_from: int,
+    saved_model: Any,
+    files: dict[str, str],
+    start: float,
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds: the eval metrics, speed, the data's counts and the files written."""
     # The first epoch of a process includes tracing; leave it out when there are more.
     timed = saver.epoch_seconds[1:] if len(saver.epoch_seconds) > 1 else saver.epoch_seconds
     images_per_sec = steps * config.batch_size * len(timed) / sum(timed) if timed and sum(timed) > 0 else None
-    metrics = {
+    return {
         **_top_metrics(results),
         "train_images_per_sec": images_per_sec,
         "wall_seconds": time.perf_counter() - start,
@@ -361,10 +393,6 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         "keras": keras.__version__,
         "files": files,
     }
-    if history.get("epoch"):
-        plot_curves(history, os.path.join(output_dir, run_dir.CURVES_FILE))
-    run_dir.write_json(os.path.join(output_dir, run_dir.METRICS_FILE), metrics)
-    return metrics
 
 
 def evaluate(config: TrainConfig) -> dict[str, Any]:

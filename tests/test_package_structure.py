@@ -1,0 +1,27 @@
+"""The package's shape: short functions (the import contracts are checked by `make lint`, lint-imports)."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_shufflenet"
+# The longest function body, in lines, docstring excluded. A function made long by a table of data
+# would be listed here with its reason; none is.
+MAX_FUNCTION_LINES = 80
+
+
+def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = function.body[0]
+    has_docstring = (
+        isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    )
+    start = function.body[1].lineno if has_docstring and len(function.body) > 1 else first.lineno
+    return function.end_lineno - start + 1
+
+
+def test_no_function_in_the_package_is_longer_than_80_lines() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({_body_lines(node)} lines)")
+    assert not long, long
