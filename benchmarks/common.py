@@ -120,6 +120,14 @@ PAIRS_224: tuple[tuple[ModelSpec, ModelSpec], ...] = (
 # --- TFLite conversion ---------------------------------------------------------
 
 
+def _all_layers(model: Any) -> list[Any]:
+    """Every layer of ``model``, those of nested models included (keras.applications nests none, Keras 3 may)."""
+    layers = []
+    for layer in model.layers:
+        layers += _all_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return layers
+
+
 def set_batch_norm_statistics(model: Any, seed: int = 0) -> None:
     """Sets every batch norm's moving statistics to those of its input on one random image.
 
@@ -130,7 +138,7 @@ def set_batch_norm_statistics(model: Any, seed: int = 0) -> None:
     measured on an input give every layer unit-scale activations, as a trained
     network has; the cost of an inference does not depend on the values.
     """
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.0  # The moving statistics become this batch's.

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from keras_shufflenet.run_dir import write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG_MESSAGE = 1500  # characters of stderr beyond which a refusal is awkward
 
@@ -319,11 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = json.load(handle)
     text = report(rows, before)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(rows, handle, indent=1)
+        write_text(args.json, json.dumps(rows, indent=1))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_text(args.output, text)
     print(text)
     return 0
 

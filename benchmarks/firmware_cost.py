@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.common import ModelSpec, markdown_table, mobilenet, mobilenet_v2, set_batch_norm_statistics, shufflenet
 from keras_shufflenet.micro import export, firmware, flatbuffer
+from keras_shufflenet.run_dir import write_text
 
 INPUT_SHAPE = (96, 96, 3)
 CLASSES = 2
@@ -338,13 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results = measure(args.work_dir or tmp, cores, args.reference_cores.split(","))
     text = report(results, cores)
-    tmp_path = args.output + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    os.replace(tmp_path, args.output)
+    write_text(args.output, text + "\n")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1, default=str)
+        write_text(args.json, json.dumps(results, indent=1, default=str))
     print(text)
     return 0
 

@@ -117,12 +117,12 @@ def shortcut_folded(rewritten: bytes) -> tuple[bytes, int]:
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(rewritten))
     subgraph = model.subgraphs[0]
     tensors = subgraph.tensors
-    split_code = npu_graph._opcode_index(model, builtin.SPLIT)
-    concat_code = npu_graph._opcode_index(model, builtin.CONCATENATION)
+    split_code = npu_graph.opcode_index(model, builtin.SPLIT)
+    concat_code = npu_graph.opcode_index(model, builtin.CONCATENATION)
     producer = {int(index): op for op in subgraph.operators for index in op.outputs}
 
     def is_op(op: Any, code: int) -> bool:
-        return op is not None and npu_graph._is_op(model, op, code)
+        return op is not None and npu_graph.is_op(model, op, code)
 
     def operator(code: int, inputs: list[int], outputs: list[int], options_type: int, options: Any) -> Any:
         op = schema_fb.OperatorT()
@@ -146,11 +146,11 @@ def shortcut_folded(rewritten: bytes) -> tuple[bytes, int]:
         shortcut, output = int(add.inputs[1 - side]), tensors[add.outputs[0]]
         groups, channels = len(convs), int(tensors[add.inputs[1 - side]].shape[-1])
         per_group = channels // groups
-        axis = npu_graph._add_tensor(model, subgraph, tensors[convs[0].inputs[1]], "probe/axis", [], np.int32(3))
+        axis = npu_graph.add_tensor(model, subgraph, tensors[convs[0].inputs[1]], "probe/axis", [], np.int32(3))
         tensors[axis].type, tensors[axis].quantization = schema_fb.TensorType.INT32, None
         like = tensors[shortcut]
         parts = [
-            npu_graph._add_tensor(model, subgraph, like, f"probe/x{k}", [*like.shape[:-1], per_group], None)
+            npu_graph.add_tensor(model, subgraph, like, f"probe/x{k}", [*like.shape[:-1], per_group], None)
             for k in range(groups)
         ]
         split_options = schema_fb.SplitOptionsT()
@@ -159,7 +159,7 @@ def shortcut_folded(rewritten: bytes) -> tuple[bytes, int]:
         outputs = []
         for k, conv in enumerate(convs):
             branch = tensors[conv.inputs[0]]
-            joined = npu_graph._add_tensor(
+            joined = npu_graph.add_tensor(
                 model, subgraph, branch, f"probe/in{k}", [*branch.shape[:-1], int(branch.shape[-1]) + per_group], None
             )
             concat_options = schema_fb.ConcatenationOptionsT()
@@ -175,9 +175,9 @@ def shortcut_folded(rewritten: bytes) -> tuple[bytes, int]:
             )
             kernel = tensors[conv.inputs[1]]
             identity = np.eye(per_group, dtype=np.int8)[:, None, None, :] * np.int8(127)
-            weights = np.concatenate([npu_graph._constant(model, kernel, np.int8), identity], axis=-1)
-            wide = npu_graph._add_tensor(model, subgraph, kernel, f"probe/kernel{k}", list(weights.shape), weights)
-            out = npu_graph._add_tensor(model, subgraph, output, f"probe/out{k}", [*output.shape[:-1], per_group], None)
+            weights = np.concatenate([npu_graph.constant(model, kernel, np.int8), identity], axis=-1)
+            wide = npu_graph.add_tensor(model, subgraph, kernel, f"probe/kernel{k}", list(weights.shape), weights)
+            out = npu_graph.add_tensor(model, subgraph, output, f"probe/out{k}", [*output.shape[:-1], per_group], None)
             probe = copy.deepcopy(conv)
             probe.inputs = np.asarray([joined, wide, *conv.inputs[2:]], np.int32)
             probe.outputs = np.asarray([out], np.int32)

@@ -35,7 +35,7 @@ REWRITES = ("split_grouped_convs", "flatten_concatenations")
 _INT32 = schema_fb.TensorType.INT32
 
 
-def _opcode_index(model: Any, builtin: int) -> int:
+def opcode_index(model: Any, builtin: int) -> int:
     """The index of ``builtin``'s operator code in ``model``, added if missing."""
     for index, opcode in enumerate(model.operatorCodes):
         if max(opcode.builtinCode, opcode.deprecatedBuiltinCode) == builtin:
@@ -55,7 +55,7 @@ def _add_buffer(model: Any, data: np.ndarray | None) -> int:
     return len(model.buffers) - 1
 
 
-def _add_tensor(model: Any, subgraph: Any, like: Any, name: str, shape: list[int], data: np.ndarray | None) -> int:
+def add_tensor(model: Any, subgraph: Any, like: Any, name: str, shape: list[int], data: np.ndarray | None) -> int:
     """A new tensor of ``like``'s type and quantization (copied), with ``shape`` and constant ``data``."""
     tensor = schema_fb.TensorT()
     tensor.type = like.type
@@ -67,7 +67,8 @@ def _add_tensor(model: Any, subgraph: Any, like: Any, name: str, shape: list[int
     return len(subgraph.tensors) - 1
 
 
-def _constant(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
+def constant(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
+    """The constant data of ``tensor`` (a ``TensorT`` of ``model``) as an array of ``dtype`` in its shape."""
     data = model.buffers[tensor.buffer].data
     return np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype).reshape(tuple(tensor.shape))
 
@@ -105,8 +106,8 @@ def split_grouped_convs(model: Any) -> int:
     Returns:
       How many convolutions were split.
     """
-    split_code = _opcode_index(model, schema_fb.BuiltinOperator.SPLIT)
-    concat_code = _opcode_index(model, schema_fb.BuiltinOperator.CONCATENATION)
+    split_code = opcode_index(model, schema_fb.BuiltinOperator.SPLIT)
+    concat_code = opcode_index(model, schema_fb.BuiltinOperator.CONCATENATION)
     rewritten = 0
     replaced: list[int] = []
     for subgraph in model.subgraphs:
@@ -120,16 +121,16 @@ def split_grouped_convs(model: Any) -> int:
             tensors = subgraph.tensors
             source, kernel, output = (tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
             has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
-            weights = _constant(model, kernel, np.int8)
-            bias = _constant(model, tensors[op.inputs[2]], np.int32) if has_bias else None
+            weights = constant(model, kernel, np.int8)
+            bias = constant(model, tensors[op.inputs[2]], np.int32) if has_bias else None
             replaced += [kernel.buffer, *([tensors[op.inputs[2]].buffer] if has_bias else [])]
             out_per_group = int(output.shape[-1]) // groups
             in_per_group = int(source.shape[-1]) // groups
             base = _name(output)
-            axis = _add_tensor(model, subgraph, tensors[op.inputs[1]], f"{base}/split_axis", [], np.int32(3))
+            axis = add_tensor(model, subgraph, tensors[op.inputs[1]], f"{base}/split_axis", [], np.int32(3))
             tensors[axis].type, tensors[axis].quantization = _INT32, None
             parts = [
-                _add_tensor(model, subgraph, source, f"{base}/group{k}_input", [*source.shape[:-1], in_per_group], None)
+                add_tensor(model, subgraph, source, f"{base}/group{k}_input", [*source.shape[:-1], in_per_group], None)
                 for k in range(groups)
             ]
             split = schema_fb.OperatorT()
@@ -143,7 +144,7 @@ def split_grouped_convs(model: Any) -> int:
             outputs = []
             for k in range(groups):
                 start, stop = k * out_per_group, (k + 1) * out_per_group
-                kernel_k = _add_tensor(
+                kernel_k = add_tensor(
                     model,
                     subgraph,
                     kernel,
@@ -155,12 +156,12 @@ def split_grouped_convs(model: Any) -> int:
                 inputs = [parts[k], kernel_k]
                 if bias is not None:
                     bias_tensor = tensors[op.inputs[2]]
-                    bias_k = _add_tensor(
+                    bias_k = add_tensor(
                         model, subgraph, bias_tensor, f"{base}/group{k}_bias", [out_per_group], bias[start:stop]
                     )
                     tensors[bias_k].quantization = _channel_quantization(bias_tensor.quantization, start, stop)
                     inputs.append(bias_k)
-                out_k = _add_tensor(
+                out_k = add_tensor(
                     model, subgraph, output, f"{base}/group{k}", [*output.shape[:-1], out_per_group], None
                 )
                 conv = copy.deepcopy(op)
@@ -205,7 +206,8 @@ def _same_quantization(a: Any, b: Any) -> bool:
     )
 
 
-def _is_op(model: Any, op: Any, builtin: int) -> bool:
+def is_op(model: Any, op: Any, builtin: int) -> bool:
+    """Whether ``op`` (an ``OperatorT`` of ``model``) is the builtin operator ``builtin``."""
     opcode = model.operatorCodes[op.opcodeIndex]
     return max(opcode.builtinCode, opcode.deprecatedBuiltinCode) == builtin
 
@@ -236,7 +238,7 @@ def flatten_concatenations(model: Any) -> int:
         producer = {int(op.outputs[0]): op for op in subgraph.operators if len(op.outputs) == 1}
         removed = set()
         for op in subgraph.operators:
-            if not _is_op(model, op, concat_code) or op.builtinOptions.fusedActivationFunction:
+            if not is_op(model, op, concat_code) or op.builtinOptions.fusedActivationFunction:
                 continue
             output = subgraph.tensors[op.outputs[0]]
             rank = len(output.shape)
@@ -245,7 +247,7 @@ def flatten_concatenations(model: Any) -> int:
                 inner = producer.get(int(index))
                 if (
                     inner is not None
-                    and _is_op(model, inner, concat_code)
+                    and is_op(model, inner, concat_code)
                     and id(inner) not in removed
                     and readers.get(int(index)) == 1
                     and not inner.builtinOptions.fusedActivationFunction
