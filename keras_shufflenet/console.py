@@ -112,7 +112,7 @@ def quiet(verbose: int = 1) -> None:
 
 def quiet_python_logs() -> None:
     """Lowers absl's and TensorFlow's Python loggers to warnings (absl's ``app.run`` sets INFO)."""
-    from absl import logging as absl_logging
+    from absl import logging as absl_logging  # absl-py comes with the train extra; the package runs without.
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("tensorflow", "absl"):

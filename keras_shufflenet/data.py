@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_shufflenet import console
 from keras_shufflenet.config_fields import ConfigError
 from keras_shufflenet.pipeline_config import CHANNELS, PipelineConfig
 from keras_shufflenet.shufflenet import preprocess_input
@@ -136,14 +137,12 @@ def _prepare(builder: Any, name: str) -> None:
     progress bars, which say "Downloading" even for the embedded mnist5k, are
     replaced by one line before and one after, with the time.
     """
-    from keras_shufflenet import console
-
     if builder.is_prepared():
         return
     if not os.environ.get(console.QUIET_ENV):
         builder.download_and_prepare()
         return
-    from tensorflow_datasets.core.utils import tqdm_utils
+    from tensorflow_datasets.core.utils import tqdm_utils  # TFDS: the train extra, imported when used.
 
     print(f"Preparing the dataset {name} in {builder.data_dir} (first use only)", flush=True)
     started = time.perf_counter()
@@ -158,7 +157,7 @@ def _prepare(builder: Any, name: str) -> None:
 
 
 def _load_tfds(name: str, data_dir: str | None, channels: int, holdout_fraction: float) -> DataSource:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # Seconds to import, and only TFDS datasets need it.
 
     import keras_shufflenet.datasets  # noqa: F401  (registers mnist5k with TFDS)
 

@@ -440,6 +440,6 @@ def preprocess_input(x: Any, data_format: str | None = None) -> Any:
     del data_format
     if isinstance(x, np.ndarray):
         return x.astype(np.float32) / 127.5 - 1.0
-    import tensorflow as tf
+    import tensorflow as tf  # Tensors only: numpy input needs no TensorFlow.
 
     return tf.cast(x, tf.float32) / 127.5 - 1.0

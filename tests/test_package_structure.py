@@ -1,4 +1,4 @@
-"""The package's shape: short functions (the import contracts are checked by `make lint`, lint-imports)."""
+"""The package's shape: short functions, deferred imports that say why (the import contracts: `make lint`)."""
 
 import ast
 import pathlib
@@ -25,3 +25,19 @@ def test_no_function_in_the_package_is_longer_than_80_lines() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
                 long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({_body_lines(node)} lines)")
     assert not long, long
+
+
+def test_every_deferred_import_says_why() -> None:
+    # A function-level import is a deliberate deferral (a heavy or optional package): it carries a comment.
+    silent = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    line, before = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                    if "#" not in line and not before.startswith("#"):
+                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {line.strip()}")
+    assert not silent, silent

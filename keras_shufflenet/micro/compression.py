@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import ChannelShuffle
@@ -88,8 +89,6 @@ def _copy(model: Any) -> Any:
 
 
 def _steps_per_epoch(train_data: Any) -> int:
-    import tensorflow as tf
-
     cardinality = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -2
     if cardinality == tf.data.INFINITE_CARDINALITY:
         raise ValueError("`train_data` must be a finite dataset (one epoch); received an infinite tf.data.Dataset.")
@@ -136,7 +135,7 @@ def prune(
         (:func:`keras_shufflenet.micro.export` checks the other arguments.)
     """
     require_legacy_keras(model, "prune_sparsity", sparsity)
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # Keras 2 only: imported by pruning and QAT alone.
 
     total_steps = _steps_per_epoch(train_data) * epochs
     pruning_steps = max(1, int(total_steps * 0.75))
@@ -213,8 +212,6 @@ class SharedValues:
     """
 
     def __init__(self, variable: Any, kernel: np.ndarray, clusters: int, per_channel: bool, keep_zeros: bool) -> None:
-        import tensorflow as tf
-
         # Rows: one per output channel (per_channel) or the whole kernel; weights in the kernel's order.
         channels = kernel.shape[-1]
         row_of = (np.arange(kernel.size) % channels if per_channel else np.zeros(kernel.size, np.int64)).astype(
@@ -240,22 +237,16 @@ class SharedValues:
         self._segments = tf.Variable(self._nearest(tf.constant(flat), tf.constant(centroids.reshape(-1))))
 
     def _nearest(self, latent: Any, centroids: Any) -> Any:
-        import tensorflow as tf
-
         candidates = tf.gather(tf.reshape(centroids[: self._dead], [-1, self._clusters]), self._row_of)
         choice = tf.argmin(tf.abs(candidates - latent[:, None]), axis=1, output_type=tf.int32)
         return tf.where(self._live, self._row_of * self._clusters + choice, self._dead)
 
     def share(self) -> None:
         """Sets the kernel to its weights' centroids."""
-        import tensorflow as tf
-
         self.variable.assign(tf.reshape(tf.gather(self._centroids, self._segments), self._shape))
 
     def update(self) -> None:
         """After an optimizer step: moves latent weights and centroids by the step, reassigns, shares."""
-        import tensorflow as tf
-
         stepped = tf.reshape(tf.convert_to_tensor(self.variable), [-1])
         self._latent.assign_add(stepped - tf.gather(self._centroids, self._segments))
         sums = tf.math.unsorted_segment_sum(stepped, self._segments, self._dead + 1)
@@ -271,8 +262,6 @@ class _ShareValues(keras.callbacks.Callback):
 
     def __init__(self, kernels: list[SharedValues]) -> None:
         super().__init__()
-        import tensorflow as tf
-
         self.kernels = kernels
         self._update = tf.function(self._update_all)
 
@@ -463,7 +452,7 @@ def quantization_aware_training(
       :func:`keras_shufflenet.micro.convert.convert_int8`.
     """
     require_legacy_keras(model, "quantize", "qat")
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # Keras 2 only: imported by pruning and QAT alone.
 
     qk = tfmot.quantization.keras
     total_steps = _steps_per_epoch(train_data) * epochs  # Also validates the dataset before the graph rewrite.

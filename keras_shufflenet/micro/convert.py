@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_shufflenet.micro import convert_worker, verify
 from keras_shufflenet.micro.export_config import WEIGHT_QUANTIZATIONS
@@ -67,8 +68,6 @@ def deployment_model(model: Any) -> Any:
 
 def _frozen_function(model: Any, move_relus: bool = True) -> Any:
     """The inference graph of ``model``'s export form at batch 1, variables folded into constants."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     model = static_batch_model(model, move_relus)
     height, width, channels = input_shape_of(model)
     spec = tf.TensorSpec((1, height, width, channels), tf.float32, name="image")

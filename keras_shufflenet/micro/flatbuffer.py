@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
+from keras_shufflenet.micro import litert
+
 # Builtin operators that TFLite Micro implements, with the MicroMutableOpResolver
 # method that registers each one (tensorflow/lite/micro/micro_mutable_op_resolver.h).
 TFLM_OP_RESOLVER_METHODS: dict[str, str] = {
@@ -218,8 +220,6 @@ def check_static_shapes(tflite_model: bytes) -> None:
 
 def io_quantization(tflite_model: bytes) -> dict[str, Any]:
     """Shapes, dtypes and (scale, zero point) of the single input and output of a ``.tflite`` model."""
-    from keras_shufflenet.micro import litert
-
     interpreter = litert.interpreter(tflite_model)
     details = {}
     for role, (info,) in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):

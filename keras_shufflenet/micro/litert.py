@@ -16,7 +16,7 @@ INSTALL_HINT = "pip install ai-edge-litert (or the package's [micro] extra)"
 
 def _module() -> Any:
     try:
-        from ai_edge_litert import interpreter
+        from ai_edge_litert import interpreter  # The micro extra, imported when a model runs.
     except ImportError as err:
         raise ImportError(f"Running a .tflite model needs LiteRT: {INSTALL_HINT}.") from err
     return interpreter

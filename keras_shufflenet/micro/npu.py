@@ -24,8 +24,12 @@ import re
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from typing import Any
 
+import numpy as np
+
+from keras_shufflenet.micro import c_sources, npu_graph, verify
 from keras_shufflenet.micro.export_config import ACCELERATORS
 
 VELA_REQUIREMENT = "ethos-u-vela==5.2.0"
@@ -53,8 +57,6 @@ def check_npu(npu: Any) -> str | None:
 
 def require_vela() -> str:
     """Vela's version; raises :class:`VelaNotInstalledError` naming the pip command if it is missing."""
-    from importlib import metadata
-
     try:
         import ethosu.vela  # noqa: F401
 
@@ -343,10 +345,6 @@ def export_npu(
     Raises:
       keras_shufflenet.micro.verify.VerificationError: If a rewrite changed an output.
     """
-    import numpy as np
-
-    from keras_shufflenet.micro import c_sources, npu_graph, verify
-
     rewritten, counts = npu_graph.rewrite(int8_tflite)
     npu_model = f"{name}_int8_npu.tflite"
     npu_path = os.path.join(staging, npu_model)

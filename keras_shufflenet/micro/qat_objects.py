@@ -46,7 +46,7 @@ class NoOpQuantizeConfig:
 
 
 def _quantize_config_base() -> type:
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # See the comment below.
 
     # Registered as a subclass so tfmot's isinstance checks accept it, without
     # importing tfmot when the module loads under Keras 3.
@@ -55,7 +55,7 @@ def _quantize_config_base() -> type:
 
 def qat_scope() -> contextlib.AbstractContextManager:
     """The custom objects tfmot needs to clone or load a quantization-aware ShuffleNet."""
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # Keras 2 only: imported when a QAT model is built.
 
     _quantize_config_base().register(NoOpQuantizeConfig)
     return tfmot.quantization.keras.quantize_scope(

@@ -421,6 +421,7 @@ def _plan(
 
 def _aligned(model_bytes: bytes) -> bytes:
     """Re-serializes with the C++ flatbuffer library, which honours the schema's buffer alignment."""
+    # tflite-micro (the micro extra) is imported when used: the training config reads this module.
     from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -464,6 +465,7 @@ def compress(
     if store not in STORE_MODES:
         raise ValueError(f"`store` must be one of {STORE_MODES}. Received: store={store!r}")
     check_index_bits(index_bits)
+    # tflite-micro (the micro extra) is imported when used: the training config reads this module.
     from tflite_micro.tensorflow.lite.micro.compression import (
         compressor,
         decode_insert,

@@ -22,7 +22,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_shufflenet import architecture, data, portable_weights, run_dir
+from keras_shufflenet import architecture, data, portable_weights, run_dir, weights
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.shufflenet import ShuffleNet
 from keras_shufflenet.training import checkpointing, distribute, optimization
@@ -113,8 +113,6 @@ def load_init_weights(model: keras.Model, config: TrainConfig) -> None:
     Raises:
       ConfigError: Naming the flag and what the checkpoint needs.
     """
-    from keras_shufflenet import weights
-
     path = config.init_weights
     if not os.path.isfile(path):
         raise ConfigError(f"init_weights must be an existing file. Received: init_weights={path!r}")
@@ -147,8 +145,6 @@ def load_init_weights(model: keras.Model, config: TrainConfig) -> None:
 
 def load_eval_model(path: str, config: TrainConfig) -> keras.Model:
     """The model for ``--mode=eval``: a saved ``.keras`` model, or an official checkpoint at ``--input_size``."""
-    from keras_shufflenet import weights
-
     if os.path.isfile(path) and weights.is_torch_checkpoint(path):
         try:
             size = config.data.input_size

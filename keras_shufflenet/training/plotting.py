@@ -7,10 +7,10 @@ from keras_shufflenet import run_dir
 
 def plot_curves(history: dict[str, list[float]], path: str) -> None:
     """Plots loss and top-1 (train and eval) per epoch to a PNG, atomically."""
-    import matplotlib
+    import matplotlib  # The train extra, imported when a run plots (about a second).
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt  # After use("Agg"), which needs no display.
 
     epochs = history.get("epoch", [])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 
+from keras_shufflenet import architecture
 from keras_shufflenet.weights import official
 from keras_shufflenet.weights.reader import CheckpointError, checkpoint_layout, read_checkpoint
 
@@ -70,8 +72,6 @@ def is_torch_checkpoint(path: str | os.PathLike[str]) -> bool:
     layout = checkpoint_layout(path)
     if layout != "zip":
         return layout == "legacy"
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("/data.pkl") and name.count("/") == 1 for name in archive.namelist())
@@ -114,8 +114,6 @@ def load_official_weights(model: Any, checkpoint: OfficialCheckpoint, classifier
     Raises:
       ValueError: If a layer is missing or a shape differs, before any weight is set.
     """
-    from keras_shufflenet import architecture
-
     spec = architecture.network_spec(checkpoint.groups, checkpoint.scale_factor)
     layer_names = {layer.name for layer in model.layers}
     include_top = classifier and "predictions" in layer_names
@@ -156,6 +154,6 @@ def official_preprocess_input(images: Any) -> Any:
     """
     if isinstance(images, np.ndarray):
         return images[..., ::-1].astype(np.float32)
-    import tensorflow as tf
+    import tensorflow as tf  # Tensors only: the reader and numpy input need no TensorFlow.
 
     return tf.reverse(tf.cast(images, tf.float32), axis=[-1])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from keras_shufflenet import weights
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m keras_shufflenet.weights", description=__doc__.splitlines()[0])
@@ -23,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     convert_parser.add_argument("output", help="the Keras weights file to write (*.weights.h5)")
     args = parser.parse_args(argv)
 
-    from keras_shufflenet import weights
     from keras_shufflenet.checkpoint_conversion import convert  # Imports TensorFlow: after the arguments.
 
     try:

@@ -267,7 +267,7 @@ READERS = ("builtin", "torch")
 
 def _read_with_torch(path: str) -> Any:
     try:
-        import torch
+        import torch  # Optional (the convert extra): gigabytes, for --reader=torch only.
     except ImportError:
         raise CheckpointError(
             "reader='torch' needs PyTorch (pip install 'keras-shufflenet[convert]'); the built-in reader does not"
