@@ -7,8 +7,8 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 # The firmware application (its sources, Makefile and tools) ships inside the package, where
-# keras_shufflenet.micro.tflm_app finds it once installed; a checkout uses tflm/ itself.
-APP_SOURCE, APP_PACKAGE_DIR = "tflm", os.path.join("keras_shufflenet", "micro", "app")
+# keras_shufflenet.micro.firmware.tflm_app finds it once installed; a checkout uses tflm/ itself.
+APP_SOURCE, APP_PACKAGE_DIR = "tflm", os.path.join("keras_shufflenet", "micro", "firmware", "app")
 
 
 class BuildPyWithFirmwareApp(build_py):

@@ -265,7 +265,7 @@ def _pct(value: float | None) -> str:
 
 def report(rows: Sequence[dict[str, Any]], title: str, accuracy: bool, plot_path: str | None = None) -> str:
     """The markdown page (and the flash-against-accuracy plot, when ``plot_path`` is given)."""
-    from keras_shufflenet.micro.tflm_compression import Compression
+    from keras_shufflenet.micro.weight_storage import Compression
 
     dense = rows[0]
     header = [

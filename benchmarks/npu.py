@@ -5,7 +5,7 @@ Both models are converted to full int8 as ``micro.export`` converts them
 by Arm's Vela (``ethos-u-vela``, its default system configuration and
 memory mode for each accelerator) for an Ethos-U55 with 128 MACs per cycle
 and an Ethos-U65 with 256: before and after the export's NPU rewrites
-(:mod:`keras_shufflenet.micro.npu_graph`), one rewrite at a time. Every
+(:mod:`keras_shufflenet.micro.npu.graph`), one rewrite at a time. Every
 rewritten model is run in TFLite Micro and compared with TFLite's reference
 kernels on the unrewritten model (bit for bit). The cycles, times and
 memory are Vela's estimates: no Ethos-U driver or simulator runs here.
@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from benchmarks.common import convert_int8, markdown_table, mobilenet, set_batch_norm_statistics, shufflenet  # noqa: E402
-from keras_shufflenet.micro import npu, npu_graph, verify  # noqa: E402
+from keras_shufflenet.micro import npu, verify  # noqa: E402
+from keras_shufflenet.micro.npu import graph as npu_graph  # noqa: E402
 
 INPUT_SHAPE = (96, 96, 3)
 CLASSES = 2
@@ -98,7 +99,7 @@ def measure() -> dict[str, Any]:
 def shortcut_folded(rewritten: bytes) -> tuple[bytes, int]:
     """A cost probe, not an export rewrite: each residual ADD folded into the unit's last grouped 1x1 convolution.
 
-    On a model after :func:`~keras_shufflenet.micro.npu_graph.split_grouped_convs`,
+    On a model after :func:`~keras_shufflenet.micro.npu.graph.split_grouped_convs`,
     ``relu(concat_k(conv_k(branch_k)) + x)`` becomes
     ``concat_k(relu(conv'_k(concat(branch_k, x_k))))``, where ``conv'_k`` is
     ``conv_k``'s kernel with an identity block (int8 127) for ``x_k``. Its
@@ -218,7 +219,7 @@ def to_markdown(results: dict[str, Any], heading: str = "###") -> str:
         f"reference kernels on the unrewritten model, bit for bit, on {VERIFY_SAMPLES} random int8 inputs "
         "(and `micro.export(npu=...)` checks it on every export sample).",
         "",
-        "The rewrites (`keras_shufflenet.micro.npu_graph`, applied only to the model given to Vela): "
+        "The rewrites (`keras_shufflenet.micro.npu.graph`, applied only to the model given to Vela): "
         "`split_grouped_convs` writes each grouped CONV_2D as SPLIT + one CONV_2D per group + CONCATENATION "
         "(Vela otherwise applies a grouped convolution's fused ReLU in a separate pass over the whole output); "
         "`flatten_concatenations` merges a concatenation that only feeds another into it (Vela copies a "

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from keras_shufflenet.micro.export_config import ExportConfig
-from keras_shufflenet.micro.tflm_compression import Compression
+from keras_shufflenet.micro.weight_storage import Compression
 from keras_shufflenet.training import config as config_lib
 
 

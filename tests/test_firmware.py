@@ -23,7 +23,8 @@ import pytest
 import quickstart_fixture
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
-from keras_shufflenet.micro import c_sources, firmware, instruction_count, tflm_app
+from keras_shufflenet.micro import c_sources, firmware
+from keras_shufflenet.micro.firmware import instruction_count, tflm_app
 
 TREE = firmware.default_tflm_tree()
 needs_tree = pytest.mark.skipif(
@@ -491,8 +492,8 @@ def test_an_installed_wheel_builds_and_runs_the_firmware_outside_the_checkout(qu
         capture_output=True,
         timeout=600,
     )
-    assert (site / "keras_shufflenet" / "micro" / "app" / "Makefile").is_file()
-    assert not (site / "keras_shufflenet" / "micro" / "app" / "build").exists()
+    assert (site / "keras_shufflenet" / "micro" / "firmware" / "app" / "Makefile").is_file()
+    assert not (site / "keras_shufflenet" / "micro" / "firmware" / "app" / "build").exists()
     run_dir = tmp_path / "run"
     shutil.copytree(quickstart_run["dir"], run_dir)
     elsewhere = tmp_path / "elsewhere"
@@ -517,11 +518,11 @@ def test_an_installed_wheel_builds_and_runs_the_firmware_outside_the_checkout(qu
     record = json.loads((run_dir / "firmware" / "host_reference" / "result.json").read_text())
     assert record["built"] and record["output_matches_host"]
     located = subprocess.run(
-        [sys.executable, "-c", "import keras_shufflenet.micro.tflm_app as app; print(app.APP_DIR)"],
+        [sys.executable, "-c", "import keras_shufflenet.micro.firmware.tflm_app as app; print(app.APP_DIR)"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    assert located.stdout.strip() == str(site / "keras_shufflenet" / "micro" / "app")
+    assert located.stdout.strip() == str(site / "keras_shufflenet" / "micro" / "firmware" / "app")

@@ -30,8 +30,8 @@ from keras_shufflenet.micro import (
     flatbuffer,
     graph,
     litert,
-    tflm_compression,
     verify,
+    weight_storage,
 )
 
 INPUT_SHAPE = (32, 32, 1)
@@ -560,7 +560,7 @@ def test_prune_and_qat_export(tmp_path):
     compressed = [t for t in storage["tensors"] if t["encoding"] != "dense"]
     saved = sum(t["dense_bytes"] - t["stored_bytes"] for t in compressed)
     assert 0.3 * sum(t["dense_bytes"] for t in compressed) < saved
-    upper = storage["dense_model_bytes"] - saved + tflm_compression.DECODE_OVERHEAD_BYTES * len(compressed)
+    upper = storage["dense_model_bytes"] - saved + weight_storage.DECODE_OVERHEAD_BYTES * len(compressed)
     assert storage["dense_model_bytes"] - saved < report["flash_bytes"] == storage["model_bytes"] <= upper
     # Bit-identical after QAT too (the classifier is exported as a 1x1 CONV_2D).
     assert report["tflm_bit_exact"]["bit_exact"] and report["tflm_bit_exact"]["tolerance_lsb"] == 0

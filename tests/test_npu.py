@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.micro import convert, export, flatbuffer, npu, npu_graph, verify
+from keras_shufflenet.micro import convert, export, flatbuffer, npu, verify
+from keras_shufflenet.micro.npu import graph as npu_graph
 
 INPUT_SHAPE = (32, 32, 1)
 CLASSES = 4

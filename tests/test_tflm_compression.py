@@ -1,4 +1,4 @@
-"""Tests of weights stored compressed for TFLite Micro's DECODE operator (keras_shufflenet.micro.tflm_compression).
+"""Tests of weights stored compressed for TFLite Micro's DECODE operator (keras_shufflenet.micro.weight_storage).
 
 The pruned encoding is written here, not by the tflite-micro package, so it
 is checked against the package's TFLM interpreter: a constant tensor, encoded
@@ -20,7 +20,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.micro import Compression, compact, convert, export, flatbuffer, graph, verify
-from keras_shufflenet.micro import tflm_compression as tc
+from keras_shufflenet.micro import weight_storage as tc
 from keras_shufflenet.training.config import ConfigError, TrainConfig
 
 _TYPES = {
@@ -104,7 +104,7 @@ def test_folding_batch_norms_keeps_the_outputs_and_leaves_no_batch_norm(rng):
 
 
 def test_the_longest_matching_prefix_sets_a_layers_cluster_count():
-    from keras_shufflenet.micro.compression import clusters_for
+    from keras_shufflenet.micro.fine_tuning import clusters_for
 
     layer_clusters = {"stage4": 4, "stage4_unit1": 8}
     assert clusters_for("stage4_unit2_gconv1", 16, layer_clusters) == 4
@@ -241,7 +241,7 @@ def test_compression_for_a_quantization_it_cannot_serve_is_refused(quantize, wei
 
 
 def test_kmeans_finds_the_means_of_separated_groups():
-    from keras_shufflenet.micro.compression import kmeans_1d, nearest_centroid
+    from keras_shufflenet.micro.fine_tuning import kmeans_1d, nearest_centroid
 
     rng = np.random.default_rng(0)
     groups = [rng.normal(center, 0.01, size) for center, size in ((-1.0, 50), (0.2, 200), (3.0, 20))]
@@ -259,7 +259,7 @@ def _distinct_per_channel(kernel):
 @pytest.mark.dual_keras
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_clustering_fine_tunes_folded_kernels_at_shared_values(rng, per_channel):
-    from keras_shufflenet.micro.compression import cluster
+    from keras_shufflenet.micro.fine_tuning import cluster
 
     keras.utils.set_random_seed(0)
     model = ShuffleNet(input_shape=(16, 16, 1), classes=4, scale_factor=0.25, groups=3, output_stride=8)
@@ -307,12 +307,12 @@ def test_clustering_fine_tunes_folded_kernels_at_shared_values(rng, per_channel)
 
 
 def test_the_clustering_fine_tune_decays_its_learning_rate_to_zero_on_a_cosine():
-    from keras_shufflenet.micro import compression
+    from keras_shufflenet.micro import fine_tuning
 
-    schedule = compression.finetuning_learning_rate(2e-4, total_steps=250, cosine_decay=True)
+    schedule = fine_tuning.finetuning_learning_rate(2e-4, total_steps=250, cosine_decay=True)
     rates = [float(schedule(step)) for step in (0, 125, 250)]
     np.testing.assert_allclose(rates, [2e-4, 1e-4, 0.0], atol=1e-9)
-    assert compression.finetuning_learning_rate(2e-4, total_steps=250) == 2e-4  # Pruning and QAT: constant.
+    assert fine_tuning.finetuning_learning_rate(2e-4, total_steps=250) == 2e-4  # Pruning and QAT: constant.
     assert Compression().learning_rate == TrainConfig().micro.cluster_learning_rate == 1e-3
 
 

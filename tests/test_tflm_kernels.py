@@ -19,7 +19,8 @@ import sys
 
 import pytest
 
-from keras_shufflenet.micro import firmware, tflm_app
+from keras_shufflenet.micro import firmware
+from keras_shufflenet.micro.firmware import tflm_app
 
 TREE = firmware.default_tflm_tree()
 needs_tree = pytest.mark.skipif(TREE is None, reason="no TFLM source tree (set TFLM_TREE)")

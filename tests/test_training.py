@@ -22,7 +22,7 @@ import keras_shufflenet
 from benchmarks.failure_probes import write_pattern_folder as make_pattern_folder
 from keras_shufflenet import data, export_job, training
 from keras_shufflenet.keras_compat import keras
-from keras_shufflenet.micro.tflm_compression import Compression
+from keras_shufflenet.micro.weight_storage import Compression
 from keras_shufflenet.training import checkpointing, optimization
 from keras_shufflenet.training import config as config_lib
 

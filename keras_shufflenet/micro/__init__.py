@@ -12,9 +12,9 @@ Modules, one concept each:
   (:class:`ExportConfig`, also the trainer's flags) and
   :mod:`~keras_shufflenet.micro.options` checks what they need of the model;
 * :mod:`~keras_shufflenet.micro.samples`: calibration, eval and firmware images;
-* :mod:`~keras_shufflenet.micro.compression`: clustering, tfmot pruning and QAT
+* :mod:`~keras_shufflenet.micro.fine_tuning`: clustering, tfmot pruning and QAT
   (:mod:`~keras_shufflenet.micro.qat_objects`: the custom objects of a QAT model);
-* :mod:`~keras_shufflenet.micro.tflm_compression`: weights stored compressed
+* :mod:`~keras_shufflenet.micro.weight_storage`: weights stored compressed
   (LUT, pruned) and decoded by TFLM's DECODE operator;
 * :mod:`~keras_shufflenet.micro.graph`: the export graph (static batch 1,
   the layers TFLite should see, the ReLU move);
@@ -31,24 +31,24 @@ Modules, one concept each:
 * :mod:`~keras_shufflenet.micro.report`: ``report.json`` and ``report.md``;
 * :mod:`~keras_shufflenet.micro.npu`: the Arm Ethos-U NPU target (Vela's
   compilation and estimates, ``ethos_u/``), on
-  :mod:`~keras_shufflenet.micro.npu_graph` (bit-exact rewrites of the int8
+  :mod:`~keras_shufflenet.micro.npu.graph` (bit-exact rewrites of the int8
   flatbuffer for the NPU);
 * :mod:`~keras_shufflenet.micro.firmware`: the firmware step (build, run,
   check against the host, measure, record in the run), on
-  :mod:`~keras_shufflenet.micro.tflm_app` (builds ``tflm/`` for a host or
+  :mod:`~keras_shufflenet.micro.firmware.tflm_app` (builds ``tflm/`` for a host or
   Cortex-M target against a TFLM tree and runs it, in qemu for Cortex-M),
-  :mod:`~keras_shufflenet.micro.elf_size` (flash and RAM of the ELF) and
-  :mod:`~keras_shufflenet.micro.instruction_count` (instructions per
+  :mod:`~keras_shufflenet.micro.firmware.elf_size` (flash and RAM of the ELF) and
+  :mod:`~keras_shufflenet.micro.firmware.instruction_count` (instructions per
   ``Invoke()`` and per operator, from qemu's trace).
 """
 
 from keras_shufflenet import lazy_attributes
 
 # Public name -> the module that defines it, imported on first use: the
-# training config reads tflm_compression without importing TensorFlow.
+# training config reads weight_storage without importing TensorFlow.
 _PUBLIC = {
-    "Compression": "keras_shufflenet.micro.tflm_compression",
-    "CompressionError": "keras_shufflenet.micro.tflm_compression",
+    "Compression": "keras_shufflenet.micro.weight_storage",
+    "CompressionError": "keras_shufflenet.micro.weight_storage",
     "ConversionCrashError": "keras_shufflenet.micro.convert",
     "ExportConfig": "keras_shufflenet.micro.export_config",
     "TFLMError": "keras_shufflenet.micro.verify",

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from keras_shufflenet import run_dir
-from keras_shufflenet.micro import compression, report
 from keras_shufflenet.micro import export_stages as stages
+from keras_shufflenet.micro import fine_tuning, report
 from keras_shufflenet.micro import npu as ethos_u  # `npu` is a setting of the export.
 from keras_shufflenet.micro.export_config import ExportConfig
 from keras_shufflenet.micro.options import ExportOptions
@@ -263,8 +263,8 @@ def _fine_tune(
         settings = options.compression
         timer.lap(
             "cluster",
-            f"{compression.describe_clusters(settings.clusters, settings.layer_clusters, settings.per_channel)}, "
-            f"{compression.describe_finetune(settings.epochs, settings.learning_rate)}",
+            f"{fine_tuning.describe_clusters(settings.clusters, settings.layer_clusters, settings.per_channel)}, "
+            f"{fine_tuning.describe_finetune(settings.epochs, settings.learning_rate)}",
         )
     if config.quantize == "qat":
         tuned = clustered or pruned

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_shufflenet.config_fields import ConfigError, bad_value, check_fields, option
-from keras_shufflenet.micro.tflm_compression import MAX_CLUSTERS, MAX_INDEX_BITS, STORE_MODES, Compression
 from keras_shufflenet.micro.verify import MAX_ARENA_MARGIN
+from keras_shufflenet.micro.weight_storage import MAX_CLUSTERS, MAX_INDEX_BITS, STORE_MODES, Compression
 
 # How the export quantizes; "none" only turns a training run's export off.
 EXPORT_QUANTIZE_MODES = ("ptq", "qat")

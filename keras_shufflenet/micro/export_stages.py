@@ -31,12 +31,12 @@ from keras_shufflenet import run_dir
 from keras_shufflenet.micro import (
     c_sources,
     compact,
-    compression,
     convert,
+    fine_tuning,
     flatbuffer,
     samples,
-    tflm_compression,
     verify,
+    weight_storage,
 )
 from keras_shufflenet.micro.options import ExportOptions
 
@@ -94,17 +94,17 @@ class FineTuned:
 def prune(model: Any, train_data: Any, data: ExportData, options: ExportOptions) -> FineTuned:
     """Magnitude pruning to ``prune_sparsity`` (tfmot), fine-tuning a copy."""
     before = _keras_top1(model, data)
-    pruned = compression.prune(
+    pruned = fine_tuning.prune(
         model, train_data, options.config.prune_sparsity, options.config.prune_epochs, verbose=options.verbose
     )
     return FineTuned(pruned, before)
 
 
 def cluster(model: Any, train_data: Any, data: ExportData, options: ExportOptions) -> FineTuned:
-    """Weight clustering (:func:`keras_shufflenet.micro.compression.cluster`), fine-tuning a copy."""
+    """Weight clustering (:func:`keras_shufflenet.micro.fine_tuning.cluster`), fine-tuning a copy."""
     before = _keras_top1(model, data)
     settings = options.compression
-    clustered = compression.cluster(
+    clustered = fine_tuning.cluster(
         model,
         train_data,
         settings.clusters,
@@ -120,7 +120,7 @@ def cluster(model: Any, train_data: Any, data: ExportData, options: ExportOption
 
 def quantization_aware_training(model: Any, train_data: Any, options: ExportOptions) -> Any:
     """The model with fake quantization, fine-tuned for ``qat_epochs``."""
-    return compression.quantization_aware_training(
+    return fine_tuning.quantization_aware_training(
         model, train_data, options.qat_epochs, preserve_sparsity=options.config.pruning, verbose=options.verbose
     )
 
@@ -160,10 +160,10 @@ def compressed(
             "per_channel": settings.per_channel,
             "epochs": settings.epochs,
             "learning_rate": settings.learning_rate,
-            "distinct": compression.distinct_weights(float_model, settings.per_channel),
+            "distinct": fine_tuning.distinct_weights(float_model, settings.per_channel),
         }
-    sparsity = compression.weight_sparsity(float_model)
-    sparsity.update(target=options.config.prune_sparsity, note=compression.PRUNING_ON_TFLM)
+    sparsity = fine_tuning.weight_sparsity(float_model)
+    sparsity.update(target=options.config.prune_sparsity, note=fine_tuning.PRUNING_ON_TFLM)
     quant_model = float_model if qat_model is None else qat_model
     return Compressed(float_model, quant_model, sparsity, clustering, accuracy)
 
@@ -198,7 +198,7 @@ def convert_model(compressed_models: Compressed, calibration: np.ndarray, option
 class Stored:
     """The board's model (weights stored compressed where smaller) and, if searched, the dense model's arena."""
 
-    stored: tflm_compression.CompressedModel
+    stored: weight_storage.CompressedModel
     dense_arena: verify.ArenaSearch | None
 
     @property
@@ -207,7 +207,7 @@ class Stored:
 
 
 def store_weights(converted: Converted, options: ExportOptions) -> Stored:
-    """Stores each weight tensor in the smallest of dense, LUT and pruned (see tflm_compression.py).
+    """Stores each weight tensor in the smallest of dense, LUT and pruned (see weight_storage.py).
 
     A decoded tensor lives in the arena while its operator runs, so the
     dense model's smallest arena bounds what one may take (unless
@@ -223,7 +223,7 @@ def store_weights(converted: Converted, options: ExportOptions) -> Stored:
                 handle.write(converted.compact_model.model)
             dense_arena = verify.find_min_arena(dense_path, margin=options.config.arena_margin)
         max_decoded = dense_arena.min_bytes
-    stored = tflm_compression.compress(converted.compact_model.model, settings.store, settings.index_bits, max_decoded)
+    stored = weight_storage.compress(converted.compact_model.model, settings.store, settings.index_bits, max_decoded)
     return Stored(stored, dense_arena)
 
 
@@ -368,7 +368,7 @@ class Instructions:
     @property
     def decode(self) -> int:
         """The instructions of the DECODE operators (0 when nothing is stored compressed)."""
-        return self.by_op.get(tflm_compression.DECODE_OP, 0)
+        return self.by_op.get(weight_storage.DECODE_OP, 0)
 
 
 def count_instructions(files: ModelFiles, arena: Arena, verified: Verified) -> Instructions:

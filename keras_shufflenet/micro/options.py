@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from keras_shufflenet.micro import compression, npu, tflm_compression
+from keras_shufflenet.micro import fine_tuning, npu, weight_storage
 from keras_shufflenet.micro.export_config import ExportConfig
 from keras_shufflenet.micro.graph import fold_batch_norms, input_shape_of
-from keras_shufflenet.micro.tflm_compression import Compression
+from keras_shufflenet.micro.weight_storage import Compression
 
 
 def _check_lut_fits(config: ExportConfig, model: Any) -> Compression:
@@ -21,8 +21,8 @@ def _check_lut_fits(config: ExportConfig, model: Any) -> Compression:
     per_tensor = config.weight_quantization == "per_tensor"
     if value.store == "lut" and not value.clustering:
         # Before any work: the folded float kernels' distinct values bound the int8 ones.
-        bits = value.index_bits or tflm_compression.MAX_INDEX_BITS
-        counts = compression.distinct_weights(fold_batch_norms(model), per_channel=not per_tensor)["layers"]
+        bits = value.index_bits or weight_storage.MAX_INDEX_BITS
+        counts = fine_tuning.distinct_weights(fold_batch_norms(model), per_channel=not per_tensor)["layers"]
         for layer, distinct in counts.items():
             if distinct > 2**bits:
                 raise ValueError(
@@ -68,9 +68,9 @@ def validate(
     if npu_target is not None:
         npu.require_vela()  # Before any slow step.
     if config.pruning:
-        compression.require_legacy_keras(model, "prune_sparsity", config.prune_sparsity)
+        fine_tuning.require_legacy_keras(model, "prune_sparsity", config.prune_sparsity)
     if config.quantize == "qat":
-        compression.require_legacy_keras(model, "quantize", config.quantize)
+        fine_tuning.require_legacy_keras(model, "quantize", config.quantize)
     compression_options = _check_lut_fits(config, model)
     if (config.pruning or config.quantize == "qat" or compression_options.clustering) and train_data is None:
         raise ValueError("`train_data` is required for pruning, clustering or QAT (each fine-tunes the model).")

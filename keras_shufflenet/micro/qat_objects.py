@@ -1,6 +1,6 @@
 """The custom objects of a quantization-aware ShuffleNet, which tfmot needs to build, clone or load one.
 
-Used by QAT (:mod:`keras_shufflenet.micro.compression`) and by the export
+Used by QAT (:mod:`keras_shufflenet.micro.fine_tuning`) and by the export
 graph's clone of a QAT model (:mod:`keras_shufflenet.micro.graph`).
 tensorflow-model-optimization is imported only when a scope is asked for: it
 needs Keras 2, and this module loads under Keras 3 too.

@@ -12,7 +12,7 @@ from typing import Any
 from keras_shufflenet.keras_compat import USE_LEGACY_KERAS
 from keras_shufflenet.micro import export_stages as stages
 from keras_shufflenet.micro import flatbuffer, npu
-from keras_shufflenet.micro.compression import describe_clusters, describe_finetune
+from keras_shufflenet.micro.fine_tuning import describe_clusters, describe_finetune
 from keras_shufflenet.micro.options import ExportOptions
 
 _COMPACT_NOTE = (

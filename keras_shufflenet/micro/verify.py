@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from keras_shufflenet.micro import litert
-from keras_shufflenet.micro.tflm_compression import DECODE_OP
+from keras_shufflenet.micro.weight_storage import DECODE_OP
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_worker.py")
 _EXIT_NO_FIT = 4  # tflm_worker.EXIT_NO_FIT (the worker is run by path, not imported).

@@ -25,7 +25,7 @@ from keras_shufflenet.keras_compat import USE_LEGACY_KERAS, keras
 from keras_shufflenet.layers import ChannelShuffle
 from keras_shufflenet.micro.graph import fold_batch_norms
 from keras_shufflenet.micro.qat_objects import NoOpQuantizeConfig, qat_scope
-from keras_shufflenet.micro.tflm_compression import Compression
+from keras_shufflenet.micro.weight_storage import Compression
 
 PRUNING_ON_TFLM = (
     "TFLite Micro has no sparse kernels: zero weights save no RAM or inference time. They save flash where the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from keras_shufflenet.micro.tflm_app import binutil, require_tool
+from keras_shufflenet.micro.firmware.tflm_app import binutil, require_tool
 
 
 def symbols(elf: str, target: str) -> dict[str, tuple[int, int]]:

@@ -65,7 +65,7 @@ class Compression:
 
     Attributes:
       clusters: Shared values per kernel (per output channel with
-        ``per_channel``) after clustering (:func:`keras_shufflenet.micro.compression.cluster`),
+        ``per_channel``) after clustering (:func:`keras_shufflenet.micro.fine_tuning.cluster`),
         in [2, 128]; 0 does not cluster. The int8 weights are then stored as
         LUT indices, ``ceil(log2(clusters))`` bits wide. Defaults to `0`.
       layer_clusters: Cluster counts, in [2, 128], for the layers whose names

@@ -1,8 +1,8 @@
 """The firmware step: build the TFLM application with an export's files, run it, check it and measure it.
 
-Building and running are :mod:`~keras_shufflenet.micro.tflm_app`, flash and
-RAM :mod:`~keras_shufflenet.micro.elf_size`, instructions
-:mod:`~keras_shufflenet.micro.instruction_count`; this module puts them
+Building and running are :mod:`~keras_shufflenet.micro.firmware.tflm_app`, flash and
+RAM :mod:`~keras_shufflenet.micro.firmware.elf_size`, instructions
+:mod:`~keras_shufflenet.micro.firmware.instruction_count`; this module puts them
 together for one target and kernel set, and records the results in the run.
 
 What a run measures, written to ``<run>/firmware/<target>_<kernels>/result.json``:
@@ -35,9 +35,9 @@ from typing import Any
 
 from keras_shufflenet import run_dir as run_files
 from keras_shufflenet.micro import c_sources, report
-from keras_shufflenet.micro.elf_size import elf_sizes
-from keras_shufflenet.micro.instruction_count import count_instructions
-from keras_shufflenet.micro.tflm_app import (
+from keras_shufflenet.micro.firmware.elf_size import elf_sizes
+from keras_shufflenet.micro.firmware.instruction_count import count_instructions
+from keras_shufflenet.micro.firmware.tflm_app import (
     DEFAULT_TREE,
     KERNELS,
     TARGETS,
@@ -265,5 +265,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Also `python -m keras_shufflenet.micro.firmware` (firmware/__main__.py).
     sys.exit(main())

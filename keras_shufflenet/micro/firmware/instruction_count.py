@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 from typing import Any
 
-from keras_shufflenet.micro.elf_size import symbols
-from keras_shufflenet.micro.tflm_app import APP_DIR, FirmwareError, require_tool, run_command
+from keras_shufflenet.micro.firmware.elf_size import symbols
+from keras_shufflenet.micro.firmware.tflm_app import APP_DIR, FirmwareError, require_tool, run_command
 
 MARKERS = ("ks_marker_invoke_begin", "ks_marker_invoke_end", "ks_marker_op_begin", "ks_marker_op_end")
 

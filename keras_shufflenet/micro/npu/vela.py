@@ -10,7 +10,7 @@ cycles, the SRAM and flash it needs: :func:`compile_model` returns them.
 The NPU cannot run here (no Ethos-U driver or Fixed Virtual Platform), so
 every cycle and memory figure is Vela's estimate. What is verified is the
 model given to Vela: the export's NPU rewrites
-(:mod:`keras_shufflenet.micro.npu_graph`) are checked bit-identical to the
+(:mod:`keras_shufflenet.micro.npu.graph`) are checked bit-identical to the
 unrewritten model in TFLite Micro.
 """
 
@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from keras_shufflenet.micro import c_sources, npu_graph, verify
+from keras_shufflenet.micro import c_sources, verify
 from keras_shufflenet.micro.export_config import ACCELERATORS
+from keras_shufflenet.micro.npu import graph as npu_graph
 
 VELA_REQUIREMENT = "ethos-u-vela==5.2.0"
 _INSTALL_HINT = f"pip install {VELA_REQUIREMENT}` (or `pip install keras-shufflenet[npu]`)"
@@ -329,7 +330,7 @@ def export_npu(
 ) -> tuple[dict[str, Any], list[str]]:
     """The NPU stage of :func:`keras_shufflenet.micro.export`: rewrite, verify, compile, write.
 
-    Applies the NPU rewrites (:func:`keras_shufflenet.micro.npu_graph.rewrite`)
+    Applies the NPU rewrites (:func:`keras_shufflenet.micro.npu.graph.rewrite`)
     to the standard int8 model and checks in TFLite Micro that the rewritten
     model gives ``tflm_outputs`` (the CPU model's TFLM outputs) bit for bit
     on every one of ``int8_inputs``. Vela then compiles both the unrewritten

@@ -41,7 +41,8 @@ def tree_kernels(kernels: str) -> str:
 # The application sources and their Makefile: shipped inside an installed package (setup.py copies the
 # checkout's tflm/ there), else beside the package in a checkout.
 PACKAGED_APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
-CHECKOUT_APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tflm")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # keras_shufflenet/
+CHECKOUT_APP_DIR = os.path.join(os.path.dirname(_PACKAGE_ROOT), "tflm")
 APP_DIR = PACKAGED_APP_DIR if os.path.isfile(os.path.join(PACKAGED_APP_DIR, "Makefile")) else CHECKOUT_APP_DIR
 # The trees a checkout builds against when TFLM_TREE is unset (an installed package needs TFLM_TREE).
 DEFAULT_TREE = os.path.join(os.path.dirname(os.path.dirname(CHECKOUT_APP_DIR)), "shared", "tflm")
