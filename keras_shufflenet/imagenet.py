@@ -1,8 +1,9 @@
 """The 1,000 ImageNet (ILSVRC 2012) classes, and ``decode_predictions`` for a model's outputs.
 
-The names, in class-index order, ship with the package
+The names and WordNet ids, in class-index order, ship with the package
 (``datasets/data/imagenet_class_names.txt``, from torchvision's
-``_IMAGENET_CATEGORIES``, BSD-3-Clause), so that decoding needs no download.
+``_IMAGENET_CATEGORIES``, BSD-3-Clause; ``datasets/data/imagenet_wnids.txt``,
+from TensorFlow Datasets, Apache-2.0), so that decoding needs no download.
 """
 
 from __future__ import annotations
@@ -15,30 +16,40 @@ import numpy as np
 
 NUM_CLASSES = 1000
 _NAMES_FILE = "imagenet_class_names.txt"
+_WNIDS_FILE = "imagenet_wnids.txt"
+
+
+def _read_lines(filename: str, what: str) -> tuple[str, ...]:
+    text = resources.files("keras_shufflenet.datasets").joinpath("data", filename).read_text(encoding="utf-8")
+    lines = tuple(line for line in text.splitlines() if line)
+    if len(lines) != NUM_CLASSES:
+        raise RuntimeError(f"{filename} holds {len(lines)} {what}, not {NUM_CLASSES}: the package is damaged")
+    return lines
 
 
 @functools.cache
 def class_names() -> tuple[str, ...]:
     """The 1,000 ImageNet class names, index 0 (``"tench"``) to 999 (``"toilet tissue"``)."""
-    text = resources.files("keras_shufflenet.datasets").joinpath("data", _NAMES_FILE).read_text(encoding="utf-8")
-    names = tuple(line for line in text.splitlines() if line)
-    if len(names) != NUM_CLASSES:
-        raise RuntimeError(f"{_NAMES_FILE} holds {len(names)} class names, not {NUM_CLASSES}: the package is damaged")
-    return names
+    return _read_lines(_NAMES_FILE, "class names")
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[int, str, float]]]:
-    """The ``top`` ImageNet classes of each row of ``preds``, best first.
+@functools.cache
+def wordnet_ids() -> tuple[str, ...]:
+    """The WordNet ids of the 1,000 ImageNet classes, index 0 (``"n01440764"``) to 999 (``"n15075141"``)."""
+    return _read_lines(_WNIDS_FILE, "WordNet ids")
 
-    Like ``keras.applications``' ``decode_predictions``, with the class index
-    where Keras gives the WordNet id.
+
+def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[str, str, float]]]:
+    """The ``top`` ImageNet classes of each row of ``preds``, best first, as ``keras.applications`` gives them.
+
+    The class index of a tuple's WordNet id is ``wordnet_ids().index(wnid)``.
 
     Args:
       preds: Scores (probabilities or logits) of shape ``(batch, 1000)``.
       top: How many classes per row, 1 to 1000. Defaults to `5`.
 
     Returns:
-      One list per row of ``(class_index, class_name, score)`` tuples.
+      One list per row of ``(wordnet_id, class_name, score)`` tuples.
 
     Raises:
       ValueError: If ``preds`` is not ``(batch, 1000)`` or ``top`` is out of range.
@@ -50,9 +61,9 @@ def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[int, str, fl
         )
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= NUM_CLASSES:
         raise ValueError(f"`top` must be an integer in [1, {NUM_CLASSES}]. Received: top={top!r}")
-    names = class_names()
+    names, wnids = class_names(), wordnet_ids()
     result = []
     for row in scores:
         best = np.argsort(-row, kind="stable")[:top]
-        result.append([(int(i), names[i], float(row[i])) for i in best])
+        result.append([(wnids[i], names[i], float(row[i])) for i in best])
     return result

@@ -27,8 +27,10 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
 
 
-def _resolve_input_shape(input_shape: Any, input_tensor: Any, output_stride: int) -> tuple[Any, Any, Any]:
-    """Returns (H, W, C) from the arguments; 224x224x3 when neither is given."""
+def _resolve_input_shape(
+    input_shape: Any, input_tensor: Any, output_stride: int, include_top: bool
+) -> tuple[Any, Any, Any]:
+    """Returns (H, W, C) from the arguments; when neither is given, 224x224x3 (any size without the top)."""
     if input_tensor is not None:
         shape = tuple(input_tensor.shape)
         if len(shape) != 4:
@@ -37,7 +39,8 @@ def _resolve_input_shape(input_shape: Any, input_tensor: Any, output_stride: int
         if input_shape is not None and tuple(input_shape) != shape:
             raise ValueError(f"`input_shape` {tuple(input_shape)} does not match the shape of `input_tensor` {shape}.")
     elif input_shape is None:
-        shape = (224, 224, 3)
+        # As keras.applications: a classifier's default input is 224x224; a backbone takes any size.
+        shape = (224, 224, 3) if include_top else (None, None, 3)
     else:
         shape = tuple(input_shape)
     if len(shape) != 3:
@@ -119,7 +122,8 @@ def ShuffleNet(
         as the image input. Defaults to `None`.
       input_shape: ``(height, width, channels)``; height and width may be
         `None` or any size >= ``output_stride``, channels any count >= 1. Defaults to
-        ``(224, 224, 3)``.
+        ``(224, 224, 3)``, or ``(None, None, 3)`` with ``include_top=False``
+        (as ``keras.applications``).
       pooling: With ``include_top=False``: `None` (4D feature map), ``"avg"``
         or ``"max"`` global pooling. Defaults to `None`.
       classes: Number of classes for the classifier. Defaults to `1000`.
@@ -188,7 +192,7 @@ def ShuffleNet(
         se_ratio=se_ratio,
         convention=convention,
     )
-    shape = _resolve_input_shape(input_shape, input_tensor, output_stride)
+    shape = _resolve_input_shape(input_shape, input_tensor, output_stride, include_top)
     spec = architecture.network_spec(
         groups,
         scale_factor,

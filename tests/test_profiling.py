@@ -68,7 +68,11 @@ def test_unknown_input_size_needs_input_shape():
     model = ShuffleNet(input_shape=(None, None, 3), include_top=False)
     with pytest.raises(ValueError, match="input_shape"):
         profile(model)
-    assert profile(model, input_shape=(224, 224, 3)).macs == profile(ShuffleNet(include_top=False)).macs
+    fixed = ShuffleNet(include_top=False, input_shape=(224, 224, 3))
+    assert profile(model, input_shape=(224, 224, 3)).macs == profile(fixed).macs
+    # Without an input shape a backbone takes any size, as in keras.applications.
+    assert ShuffleNet(include_top=False).input_shape == (None, None, None, 3)
+    assert ShuffleNet().input_shape == (None, 224, 224, 3)
 
 
 def test_profile_leaves_the_model_unchanged():

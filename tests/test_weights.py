@@ -21,7 +21,7 @@ import torch_format
 
 from keras_shufflenet import ShuffleNet, decode_predictions
 from keras_shufflenet.checkpoint_conversion import convert
-from keras_shufflenet.imagenet import class_names
+from keras_shufflenet.imagenet import class_names, wordnet_ids
 from keras_shufflenet.keras_compat import keras
 from keras_shufflenet.layers import ChannelShuffle
 from keras_shufflenet.weights import (
@@ -273,8 +273,11 @@ def test_decode_predictions_names_the_imagenet_classes() -> None:
     scores[0, [281, 1, 0]] = [0.7, 0.2, 0.1]
     scores[1, 999] = 1.0
     decoded = decode_predictions(scores, top=2)
-    assert decoded[0] == [(281, "tabby", pytest.approx(0.7)), (1, "goldfish", pytest.approx(0.2))]
-    assert decoded[1][0] == (999, "toilet tissue", 1.0)
+    # keras.applications' tuples: (WordNet id, name, score); the ids are the sorted synsets.
+    assert decoded[0] == [("n02123045", "tabby", pytest.approx(0.7)), ("n01443537", "goldfish", pytest.approx(0.2))]
+    assert decoded[1][0] == ("n15075141", "toilet tissue", 1.0)
+    wnids = wordnet_ids()
+    assert len(set(wnids)) == 1000 and list(wnids) == sorted(wnids) and wnids[0] == "n01440764"
     with pytest.raises(ValueError, match=r"`preds` must have shape \(batch, 1000\)"):
         decode_predictions(np.zeros((1, 10)))
 
