@@ -30,10 +30,11 @@ KERNELS ?= $(if $(filter host,$(TARGET)),reference,shufflenet)
 
 .PHONY: demo test test-rest test-all lint format firmware bench zoo install clean
 
-$(STAMP): setup.py pyproject.toml
+# constraints.txt: the exact versions the tests run on (setup.py declares ranges).
+$(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,23 +27,24 @@ class BuildPyWithFirmwareApp(build_py):
 
 EXTRAS = {
     # Training and evaluation on tf.data / TensorFlow Datasets (train/main.py).
-    "train": ["tensorflow-datasets==4.9.10", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
+    "train": ["tensorflow-datasets>=4.9,<5", "absl-py>=1.4", "matplotlib>=3.7", "tensorboard", "importlib_resources"],
     # Pruning, quantization and TFLite Micro verification (keras_shufflenet.micro); LiteRT runs .tflite
     # models (TensorFlow's tf.lite.Interpreter is deprecated), TensorFlow's converter writes them.
-    # tflite-micro is published as nightlies only; the compression tools used here change between them.
+    # tflite-micro is published as nightlies only; the compression tools used here change between them, so
+    # constraints.txt pins the one tested. tf-keras must match TensorFlow's minor version.
     "micro": [
-        "tensorflow-model-optimization==0.8.1",
-        "tf-keras==2.21.0",
-        "tflite-micro==0.dev20261023182759",
-        "ai-edge-litert==2.3.0",
+        "tensorflow-model-optimization>=0.8.1,<0.9",
+        "tf-keras>=2.21,<2.22",
+        "tflite-micro>=0.dev20261023182759",
+        "ai-edge-litert>=2.3,<3",
     ],
     # The Arm Ethos-U NPU target (micro.export(npu=...)): Arm's Vela compiler.
-    "npu": ["ethos-u-vela==5.2.0"],
+    "npu": ["ethos-u-vela>=5.2,<5.3"],
     # Reading official checkpoints with PyTorch instead of the built-in reader (optional; see
     # keras_shufflenet.weights): the test reference uses it too.
     "convert": ["torch"],
     # Tests, linting and formatting.
-    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6", "import-linter==2.17"],
+    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.17,<0.18", "import-linter>=2.17,<3"],
 }
 # "all" leaves out "convert": PyTorch from PyPI is gigabytes of CUDA wheels, and the built-in reader needs none.
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "convert" for req in reqs})
@@ -58,7 +59,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["keras_shufflenet", "keras_shufflenet.*"]),
     package_data={"keras_shufflenet": ["datasets/data/*.csv.gz", "datasets/data/*.md", "datasets/data/*.txt"]},
-    install_requires=["tensorflow==2.21.0", "keras>=3.10", "numpy"],
+    # The ranges the package is tested on (exact versions: constraints.txt, which make and CI install).
+    install_requires=["tensorflow>=2.21,<2.22", "keras>=3.10,<4", "numpy>=1.26"],
     extras_require=EXTRAS,
     cmdclass={"build_py": BuildPyWithFirmwareApp},
     classifiers=[

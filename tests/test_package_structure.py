@@ -41,3 +41,24 @@ def test_every_deferred_import_says_why() -> None:
                     if "#" not in line and not before.startswith("#"):
                         silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {line.strip()}")
     assert not silent, silent
+
+
+def test_the_package_declares_ranges_and_the_constraints_pin_what_is_tested() -> None:
+    import re
+
+    root = PACKAGE.parent
+    setup_text = (root / "setup.py").read_text(encoding="utf-8")
+    # Every quoted requirement with a version specifier (setup.py's install_requires and extras).
+    declared = re.findall(r'"([A-Za-z][A-Za-z0-9_.-]*)([<>=!~][^"]*)"', setup_text)
+    requirements = {name.lower().replace("_", "-"): spec for name, spec in declared}
+    assert "tensorflow" in requirements and "tflite-micro" in requirements
+    # A library that pins exactly cannot be installed beside anything else.
+    assert not [name for name, spec in requirements.items() if spec.startswith("==")], requirements
+    pins = {}
+    for line in (root / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt pins exact versions: {line!r}"
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    assert set(requirements) <= set(pins), sorted(set(requirements) - set(pins))
+    assert "-c constraints.txt" in (root / "Makefile").read_text(encoding="utf-8")
