@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import os
 
+import h5py
+
 from keras_shufflenet import run_dir
 from keras_shufflenet.shufflenet import ShuffleNet
-from keras_shufflenet.weights import OfficialCheckpoint, load_official_weights, read_official_checkpoint
+from keras_shufflenet.weights import (
+    CONVENTION_ATTRIBUTE,
+    OfficialCheckpoint,
+    load_official_weights,
+    read_official_checkpoint,
+)
 
 
 def convert(checkpoint_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> OfficialCheckpoint:
@@ -45,4 +52,8 @@ def convert(checkpoint_path: str | os.PathLike[str], output_path: str | os.PathL
     load_official_weights(model, checkpoint)
     with run_dir.atomic_path(output_path) as tmp:  # Same base name: Keras 3 checks the suffix.
         model.save_weights(tmp)
+        # The convention computes another function with the same shapes: recorded, so that a model of the
+        # other convention refuses the file (ShuffleNet(weights=...)).
+        with h5py.File(tmp, "a") as handle:
+            handle.attrs[CONVENTION_ATTRIBUTE] = "official"
     return checkpoint

@@ -240,7 +240,7 @@ def ShuffleNet(
     if checkpoint is not None:
         official_weights.load_official_weights(model, checkpoint)
     elif weights is not None:
-        _load_weights(model, os.fspath(weights))
+        _load_weights(model, os.fspath(weights), convention)
     return model
 
 
@@ -406,8 +406,15 @@ def _resolve_checkpoint(
     return checkpoint, checkpoint.groups, checkpoint.scale_factor, "official"
 
 
-def _load_weights(model: keras.Model, path: str) -> None:
+def _load_weights(model: keras.Model, path: str, convention: str) -> None:
     """``model.load_weights(path)``, with an error that names the file and the configuration on a mismatch."""
+    recorded = official_weights.recorded_convention(path)
+    if recorded is not None and recorded != convention:
+        raise ValueError(
+            f"`weights` file {path!r} was converted for convention={recorded!r} and the model is built with "
+            f"convention={convention!r}, which computes another function with the same shapes. Build it with "
+            f"convention={recorded!r}."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras warns once per mismatched layer before it raises.

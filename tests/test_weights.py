@@ -249,6 +249,9 @@ def test_convert_writes_a_keras_weights_file_of_the_same_model(tmp_path, small_c
     )
     x = np.random.default_rng(1).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
     np.testing.assert_array_equal(direct.predict(x, verbose=0), converted.predict(x, verbose=0))
+    # The file records its convention: a paper-convention model of the same shapes refuses it.
+    with pytest.raises(ValueError, match=r"converted for convention='official' and the model is built with"):
+        ShuffleNet(weights=str(out), groups=8, scale_factor=0.5, convention="paper")
     with pytest.raises(ValueError, match=r"`output_path` must end in '\.weights\.h5'"):
         convert(small_checkpoints["zip_g8"], tmp_path / "x.h5")
 

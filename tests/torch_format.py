@@ -127,3 +127,57 @@ def save_zip(path: str, state: dict) -> None:
         for storage in storages:
             archive.writestr(f"archive/data/{storage.key}", storage.array.tobytes())
         archive.writestr("archive/version", "3\n")
+
+
+class CraftedTensor:
+    """A tensor with any shape, stride and offset (impossible ones too) on float32 storage ``key``."""
+
+    def __init__(self, key: str, numel: int, size: tuple, stride: tuple, offset: int = 0) -> None:
+        self.storage = _CraftedStorage(key, numel)
+        self.size, self.stride, self.offset = size, stride, offset
+
+
+class _CraftedStorage:
+    def __init__(self, key: str, numel: int) -> None:
+        self.key, self.numel = key, numel
+
+
+def save_zip_crafted(
+    path: str, obj: object, members: dict[str, object] | None = None, compression: int = zipfile.ZIP_STORED
+) -> None:
+    """Writes ``obj`` (with :class:`CraftedTensor` anywhere in it) as a zip-layout checkpoint, members as given.
+
+    ``members`` maps storage keys to their raw bytes, or to an iterable of byte chunks written one by one
+    (absent: zeros of the declared size, up to 1 MiB). Shared objects stay shared in the pickle (its memo),
+    as torch.save writes them.
+    """
+    storages: dict[str, _CraftedStorage] = {}
+    with _torch_names() as (torch, utils):
+
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, _CraftedStorage):
+                    storages[obj.key] = obj
+                    return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+                return None
+
+            def reducer_override(self, obj):
+                if isinstance(obj, CraftedTensor):
+                    args = (obj.storage, obj.offset, obj.size, obj.stride, False, collections.OrderedDict())
+                    return utils._rebuild_tensor_v2, args
+                return NotImplemented
+
+        buffer = io.BytesIO()
+        Pickler(buffer, protocol=2).dump(obj)
+    members = dict(members or {})
+    for key, storage in storages.items():
+        members.setdefault(key, bytes(min(4 * max(storage.numel, 0), 1 << 20)))
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        for key, data in members.items():
+            if isinstance(data, bytes):
+                archive.writestr(f"archive/data/{key}", data)
+                continue
+            with archive.open(f"archive/data/{key}", "w", force_zip64=True) as member:
+                for chunk in data:
+                    member.write(chunk)

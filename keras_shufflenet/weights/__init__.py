@@ -34,13 +34,19 @@ from keras_shufflenet.weights import official
 from keras_shufflenet.weights.reader import CheckpointError, checkpoint_layout, read_checkpoint
 
 __all__ = [
+    "CONVENTION_ATTRIBUTE",
     "CheckpointError",
     "OfficialCheckpoint",
     "is_torch_checkpoint",
     "load_official_weights",
     "official_preprocess_input",
     "read_official_checkpoint",
+    "recorded_convention",
 ]
+
+# The HDF5 attribute of a converted weights file (keras_shufflenet.checkpoint_conversion) that names its
+# convention: the official and paper conventions compute different functions with the same shapes.
+CONVENTION_ATTRIBUTE = "keras_shufflenet_convention"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +105,28 @@ def read_official_checkpoint(path: str | os.PathLike[str], reader: str = "builti
     path = os.fspath(path)
     tensors = official.state_dict_of(read_checkpoint(path, reader), path)
     scale_factor, groups, classes = official.infer_configuration(tensors, path)
+    check_values(tensors, path)
     return OfficialCheckpoint(path, scale_factor, groups, classes, tensors)
+
+
+def check_values(tensors: dict[str, np.ndarray], path: str) -> None:
+    """Refuses weights a network cannot use: a non-finite value anywhere, a negative batch-norm variance.
+
+    Raises:
+      CheckpointError: Naming the file, the tensor and how many values are wrong.
+    """
+    for name, value in tensors.items():
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = int(np.count_nonzero(~np.isfinite(value)))
+        if bad:
+            raise CheckpointError(f"{path!r}: tensor {name!r} holds {bad} non-finite value(s) (NaN or infinity)")
+        if name.endswith("running_var") and (value < 0).any():
+            negative = int(np.count_nonzero(value < 0))
+            raise CheckpointError(
+                f"{path!r}: tensor {name!r} holds {negative} negative batch-norm variance(s), which no "
+                "training produces: the file is corrupt or crafted"
+            )
 
 
 def load_official_weights(model: Any, checkpoint: OfficialCheckpoint, classifier: bool = True) -> None:
@@ -157,3 +184,15 @@ def official_preprocess_input(images: Any) -> Any:
     import tensorflow as tf  # Tensors only: the reader and numpy input need no TensorFlow.
 
     return tf.reverse(tf.cast(images, tf.float32), axis=[-1])
+
+
+def recorded_convention(path: str | os.PathLike[str]) -> str | None:
+    """The convention a converted weights file records, or `None` (any other file, or not HDF5)."""
+    path = os.fspath(path)
+    import h5py  # Keras's own dependency; only weights files need it.
+
+    if not os.path.isfile(path) or not h5py.is_hdf5(path):
+        return None
+    with h5py.File(path, "r") as handle:
+        value = handle.attrs.get(CONVENTION_ATTRIBUTE)
+    return None if value is None else str(value.decode() if isinstance(value, bytes) else value)

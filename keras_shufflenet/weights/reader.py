@@ -15,13 +15,21 @@ only the globals that a saved state dict needs (:data:`ALLOWED_GLOBALS`:
 ``collections.OrderedDict``, torch's tensor rebuild functions and storage
 types) and refuses everything else, before anything runs. Tensors come back
 as NumPy arrays. Every malformed or truncated file raises
-:class:`CheckpointError`.
+:class:`CheckpointError`, naming the file and, where there is one, the tensor.
+
+Reading is bounded by the checkpoint's own declared tensors: element counts,
+shapes and strides are checked (as Python integers, which do not overflow)
+before anything is allocated or inflated, a storage may declare at most
+:data:`MAX_STORAGE_BYTES`, only the declared bytes of a storage are inflated,
+objects the pickle shares stay shared (never copied), and nesting deeper than
+:data:`MAX_NESTING` (or an object that contains itself) is an error.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -31,6 +39,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+# The most bytes one storage may declare, and all storages together: the largest official ShuffleNet v1
+# checkpoint holds about 30 MB of tensors, so a declared gigabyte is a damaged or crafted file.
+MAX_STORAGE_BYTES = 1 << 30
+# The deepest nesting of dicts, lists and tuples in a checkpoint (a state dict nests 2 or 3 levels).
+MAX_NESTING = 64
 # torch.serialization.MAGIC_NUMBER: the first pickle of a legacy file.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 # Storage type (a torch global) -> NumPy dtype, little-endian as torch writes them.
@@ -69,8 +82,8 @@ class _StorageType:
 class _Tensor:
     """A tensor waiting for its storage's bytes (legacy layout: they follow the pickle)."""
 
-    def __init__(self, storage: Any, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
 class _LazyStorage:
@@ -79,6 +92,24 @@ class _LazyStorage:
     def __init__(self, key: str, dtype: np.dtype, numel: int) -> None:
         self.key, self.dtype, self.numel = key, dtype, numel
         self.array: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def _declared_storage(path: str, key: str, dtype: np.dtype, numel: Any, total: int) -> _LazyStorage:
+    """A storage of ``numel`` elements, refused before any allocation if the count is not a plausible size."""
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise CheckpointError(f"{path!r}: storage {key!r} declares {numel!r} elements, not a count")
+    storage = _LazyStorage(key, dtype, numel)
+    if storage.nbytes > MAX_STORAGE_BYTES or total + storage.nbytes > MAX_STORAGE_BYTES:
+        raise CheckpointError(
+            f"{path!r}: storage {key!r} declares {numel:,} elements ({storage.nbytes:,} bytes; the storages "
+            f"together {total + storage.nbytes:,}), above this reader's limit of {MAX_STORAGE_BYTES:,} bytes: "
+            "not a ShuffleNet checkpoint"
+        )
+    return storage
 
 
 def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_ignored: Any) -> _Tensor:
@@ -123,41 +154,95 @@ def _load_pickle(data: BinaryIO, storage_for: Any) -> Any:
         return _RestrictedUnpickler(data, storage_for).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as error:
         raise CheckpointError(
-            f"the checkpoint's pickle is malformed or truncated ({type(error).__name__}: {error})"
+            f"the checkpoint's pickle is malformed or truncated ({type(error).__name__}: {str(error)[:200]})"
         ) from None
 
 
-def _materialize(value: Any) -> Any:
-    """Replaces every ``_Tensor`` in ``value`` (dicts, lists, tuples) with a NumPy array."""
-    if isinstance(value, _Tensor):
-        storage = value.storage
+class _Materializer:
+    """Replaces every ``_Tensor`` in a checkpoint's object (dicts, lists, tuples) with a NumPy array.
+
+    An object the pickle shares is materialized once and stays shared, so a
+    pickle of ``x = [x, x]`` nested 40 deep costs 40 steps, not 2**40; an
+    object nested deeper than :data:`MAX_NESTING` (or containing itself) is
+    refused.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._done: dict[int, Any] = {}
+        self._in_progress: set[int] = set()
+
+    def __call__(self, value: Any, where: str = "", depth: int = 0) -> Any:
+        if not isinstance(value, (_Tensor, dict, list, tuple)):
+            return value
+        if id(value) in self._done:
+            return self._done[id(value)]
+        if depth > MAX_NESTING or id(value) in self._in_progress:
+            what = "contains itself" if id(value) in self._in_progress else f"nests deeper than {MAX_NESTING} levels"
+            raise CheckpointError(f"{self._path!r}: the checkpoint's object at {where or 'the top'!r} {what}")
+        self._in_progress.add(id(value))
+        if isinstance(value, _Tensor):
+            result = self._tensor(value, where)
+        elif isinstance(value, dict):
+            result = type(value)() if isinstance(value, collections.OrderedDict) else {}
+            for key, item in value.items():
+                result[key] = self(item, f"{where}/{key}" if where else str(key), depth + 1)
+        else:
+            result = type(value)(self(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+        self._in_progress.discard(id(value))
+        self._done[id(value)] = result
+        return result
+
+    def _tensor(self, tensor: _Tensor, where: str) -> np.ndarray:
+        storage = tensor.storage
+        name = f"tensor {where!r} (storage {getattr(storage, 'key', '?')!r})"
+        if not isinstance(storage, _LazyStorage):
+            raise CheckpointError(f"{self._path!r}: {name} has no storage")
+        size, stride, offset = tensor.size, tensor.stride, tensor.offset
+        if (
+            not (_int_tuple(size) and _int_tuple(stride) and len(size) == len(stride) and _count(offset))
+            or any(n < 0 for n in size)
+            or any(s < 0 for s in stride)
+        ):
+            raise CheckpointError(
+                f"{self._path!r}: {name} has a malformed shape {size!r}, stride {stride!r} or offset {offset!r}"
+            )
+        count = math.prod(size)  # Python integers: no overflow.
+        if count == 0:
+            return np.zeros(size, storage.dtype)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if count > storage.numel or last >= storage.numel:
+            raise CheckpointError(
+                f"{self._path!r}: {name} of shape {size} reads past the end of its storage ({storage.numel:,} "
+                "elements): the file is truncated, corrupt or crafted"
+            )
         array = storage.array
         if array is None:
-            raise CheckpointError(f"the checkpoint's storage {storage.key!r} has no data")
-        count = int(np.prod(value.size)) if value.size else 1
-        if count == 0:
-            return np.zeros(value.size, storage.dtype)
-        if value.offset < 0 or any(s < 0 for s in value.stride):
-            raise CheckpointError(f"a tensor of storage {storage.key!r} has a negative offset or stride")
-        last = value.offset + sum((n - 1) * s for n, s in zip(value.size, value.stride, strict=True))
-        if last >= array.size:
-            raise CheckpointError(
-                f"a tensor of shape {value.size} reads past the end of storage {storage.key!r} "
-                f"({array.size} elements): the file is truncated or corrupt"
-            )
-        strides = tuple(s * array.itemsize for s in value.stride)
-        view = np.lib.stride_tricks.as_strided(array[value.offset :], value.size, strides, writeable=False)
+            raise CheckpointError(f"{self._path!r}: {name}'s storage has no data")
+        strides = tuple(s * array.itemsize for s in stride)
+        view = np.lib.stride_tricks.as_strided(array[offset:], size, strides, writeable=False)
         return np.array(view, dtype=array.dtype.newbyteorder("="))
-    if isinstance(value, dict):
-        result = type(value)() if isinstance(value, collections.OrderedDict) else {}
-        for key, item in value.items():
-            result[key] = _materialize(item)
-        return result
-    if isinstance(value, (list, tuple)):
-        return type(value)(_materialize(item) for item in value)
-    return value
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _int_tuple(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _read_zip(path: str) -> Any:
@@ -180,22 +265,30 @@ def _read_zip(path: str) -> Any:
 
         def storage_for(key: str, dtype: np.dtype, pid: tuple[Any, ...]) -> _LazyStorage:
             if key not in storages:
-                storages[key] = _LazyStorage(key, dtype, int(pid[4]))
+                total = sum(storage.nbytes for storage in storages.values())
+                storages[key] = _declared_storage(path, key, dtype, pid[4], total)
             return storages[key]
 
         try:
+            pickle_info = archive.getinfo(pickles[0])
+            if pickle_info.file_size > MAX_STORAGE_BYTES:
+                raise CheckpointError(f"{path!r}: its pickle inflates to {pickle_info.file_size:,} bytes")
             obj = _load_pickle(io.BytesIO(archive.read(pickles[0])), storage_for)
             for key, storage in storages.items():
                 member = f"{prefix}data/{key}"
                 if member not in names:
                     raise CheckpointError(f"{path!r} lacks the storage member {member!r}: the file is incomplete")
-                raw = archive.read(member)
-                if len(raw) < storage.numel * storage.dtype.itemsize:
-                    raise CheckpointError(f"{path!r}: storage {key!r} is shorter than its {storage.numel} elements")
+                # Sizes before inflating: the member must hold the declared elements; only those are read.
+                if archive.getinfo(member).file_size < storage.nbytes:
+                    raise CheckpointError(f"{path!r}: storage {key!r} is shorter than its {storage.numel:,} elements")
+                with archive.open(member) as handle:
+                    raw = handle.read(storage.nbytes)
+                if len(raw) < storage.nbytes:
+                    raise CheckpointError(f"{path!r}: storage {key!r} is shorter than its {storage.numel:,} elements")
                 storage.array = np.frombuffer(raw, storage.dtype, count=storage.numel)
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
             raise CheckpointError(f"{path!r} is a damaged zip file ({type(error).__name__}: {error})") from None
-    return _materialize(obj)
+    return _Materializer(path)(obj)
 
 
 def _read_legacy(path: str) -> Any:
@@ -219,7 +312,8 @@ def _read_legacy(path: str) -> Any:
         def storage_for(key: str, dtype: np.dtype, pid: tuple[Any, ...]) -> Any:
             # ('storage', type, root_key, location, numel, view_metadata)
             if key not in storages:
-                storages[key] = _LazyStorage(key, dtype, int(pid[4]))
+                total = sum(storage.nbytes for storage in storages.values())
+                storages[key] = _declared_storage(path, key, dtype, pid[4], total)
             view = pid[5] if len(pid) > 5 else None
             if view is not None:
                 raise CheckpointError(f"{path!r} holds a storage view ({key!r}), which this reader does not read")
@@ -239,11 +333,11 @@ def _read_legacy(path: str) -> Any:
                 raise CheckpointError(
                     f"{path!r}: storage {key!r} has {count} elements, its tensors say {storage.numel}"
                 )
-            raw = file.read(count * storage.dtype.itemsize)
-            if len(raw) < count * storage.dtype.itemsize:
+            raw = file.read(storage.nbytes)  # The count equals the declared one, checked against the limit.
+            if len(raw) < storage.nbytes:
                 raise CheckpointError(f"{path!r} is truncated inside storage {key!r}")
             storage.array = np.frombuffer(raw, storage.dtype, count=count)
-    return _materialize(obj)
+    return _Materializer(path)(obj)
 
 
 def checkpoint_layout(path: str | os.PathLike[str]) -> str | None:
