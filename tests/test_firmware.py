@@ -526,3 +526,25 @@ def test_an_installed_wheel_builds_and_runs_the_firmware_outside_the_checkout(qu
         check=True,
     )
     assert located.stdout.strip() == str(site / "keras_shufflenet" / "micro" / "firmware" / "app")
+
+
+@pytest.mark.slow
+@needs_tree
+def test_any_difference_from_the_host_output_fails_unless_a_tolerance_is_named(quickstart_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(quickstart_run["dir"], run_dir)
+    samples = run_dir / "tflm" / "sample_input_data.cc"
+    head, table = samples.read_text().split("g_sample_expected_output", 1)
+    first_row = re.search(r"\{\s*\{([^}]*)\}", table)
+    values = [int(v) for v in first_row.group(1).replace("\n", " ").split(",") if v.strip()]
+    lowest = values.index(min(values))  # One step up on the lowest score leaves the top class alone.
+    values[lowest] += 1
+    row = " " + ", ".join(map(str, values)) + ","
+    samples.write_text(
+        head + "g_sample_expected_output" + table[: first_row.start(1)] + row + table[first_row.end(1) :]
+    )
+    arguments = [f"--run_dir={run_dir}", "--target=host", "--kernels=reference"]
+    assert firmware.main(arguments) == 1
+    record = json.loads((run_dir / "firmware" / "host_reference" / "result.json").read_text())
+    assert record["max_int8_diff"] == 1 and not record["output_matches_host"] and record["top_class_matches_host"]
+    assert firmware.main([*arguments, "--tolerance_lsb=1"]) == 0
