@@ -638,3 +638,15 @@ def test_a_converter_crash_is_an_exception_naming_the_layers_and_nothing_is_left
     with pytest.raises(ConversionCrashError, match=r"crashed \(SIGSEGV\) .*layers \{.*Conv2D.*ops \{.*Conv2D"):
         export(tiny_model, [calibration], str(out))
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_constant_calibration_data_is_refused_and_no_eval_data_is_said_loudly(tiny_model, tmp_path):
+    constant = np.full((8, *INPUT_SHAPE), -1.0, np.float32)
+    with pytest.raises(ValueError, match=r"`representative_data` has no spread in channel\(s\) \[0\]"):
+        export(tiny_model, [constant], str(tmp_path / "constant"))
+    assert not (tmp_path / "constant").exists()
+    progress = []
+    images = np.random.default_rng(0).uniform(-1, 1, (8, *INPUT_SHAPE)).astype(np.float32)
+    report = export(tiny_model, [images], str(tmp_path / "blind"), num_verify=4, progress=progress.append)
+    assert report["int8_top1"] is None and "ACCURACY NOT MEASURED" in progress[0]
+    assert "**Accuracy not measured:**" in (tmp_path / "blind" / "report.md").read_text()

@@ -173,8 +173,11 @@ def _run_stages(
     """Runs the stages in order into ``staging``; returns the report and the artifacts to move into place."""
     config = options.config
     data = stages.read_data(model, representative_data, eval_data, options)
-    evaluated = "" if data.eval_images is None else f" and {len(data.eval_images):,} evaluation"
-    timer.lap("read data", f"{len(data.calibration):,} calibration{evaluated} images")
+    if data.eval_images is None:
+        read = f"{len(data.calibration):,} calibration images; no eval_data: ACCURACY NOT MEASURED"
+    else:
+        read = f"{len(data.calibration):,} calibration and {len(data.eval_images):,} evaluation images"
+    timer.lap("read data", read)
     model_profile = profile(model)
     timer.lap("profile")
 

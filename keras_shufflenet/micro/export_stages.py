@@ -66,6 +66,7 @@ def read_data(
         representative_data, options.input_shape, options.config.representative_samples
     )
     samples.check_input_range(model, calibration, "representative_data")
+    samples.check_calibration_spread(calibration)
     if eval_data is None:
         return ExportData(calibration, None, None)
     images, labels = samples.collect_labeled(eval_data, options.input_shape, options.classes, options.config.num_eval)

@@ -190,6 +190,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"| zero weights in the int8 model | {_pct(sparsity['int8_zero_fraction'])} |",
         "",
     ]
+    if not accuracy["samples"]:
+        lines += [
+            "**Accuracy not measured:** the export had no `eval_data`. The int8 model is bit-identical to "
+            "TFLite's reference kernels, which says nothing of how well it classifies.",
+            "",
+        ]
     if accuracy.get("float_top1_before_pruning") is not None:
         lines += [f"Float top-1 before pruning: {_pct(accuracy['float_top1_before_pruning'])}.", ""]
     if sparsity["target"]:  # Only an export that pruned has a per-layer story to tell.

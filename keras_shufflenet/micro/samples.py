@@ -47,6 +47,22 @@ def check_input_range(model: Any, images: np.ndarray, argument: str) -> None:
         )
 
 
+def check_calibration_spread(images: np.ndarray) -> None:
+    """Refuses calibration images with no spread in a channel: int8 ranges calibrated on them fit no real input.
+
+    Raises:
+      ValueError: Naming ``representative_data`` and the channels whose values are all one number.
+    """
+    flat = images.reshape(-1, images.shape[-1])
+    constant = [int(c) for c in np.flatnonzero(flat.max(axis=0) == flat.min(axis=0))]
+    if constant:
+        raise ValueError(
+            f"`representative_data` has no spread in channel(s) {constant}: every value there is "
+            f"{float(flat[0, constant[0]]):g}, so int8 quantization calibrated on it fits no real image. Pass "
+            "real training images, preprocessed as the model was trained."
+        )
+
+
 def representative_samples(
     representative_data: Iterable[Any], input_shape: tuple[int, int, int], limit: int
 ) -> np.ndarray:
