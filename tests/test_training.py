@@ -543,3 +543,15 @@ def test_the_run_summary_shows_the_int8_drop_from_the_trained_model_and_sparsity
     assert "  sparsity of pruned kernels: 50.00 %" in lines
     plain = dict(report, accuracy={})
     assert micro_summary(plain, "r").splitlines()[1] == "  top-1: float 97.40 %, int8 in TFLite Micro 97.30 %"
+
+
+def test_an_eval_model_that_is_weights_or_damaged_is_refused_by_name(tmp_path: os.PathLike) -> None:
+    weights_file = os.path.join(tmp_path, "model.weights.h5")
+    damaged = os.path.join(tmp_path, "model.keras")
+    for path in (weights_file, damaged):
+        with open(path, "wb") as handle:
+            handle.write(b"not a model")
+    with pytest.raises(training.ConfigError, match=r"--eval_model must be a saved model \(\.keras"):
+        training.load_saved_model(weights_file)
+    with pytest.raises(training.ConfigError, match=r"model\.keras' is not a readable saved model"):
+        training.load_saved_model(damaged)

@@ -529,3 +529,12 @@ def test_shuffle_unit_takes_the_official_convention() -> None:
     assert clone.convention == "official"
     with pytest.raises(ValueError, match=r"`convention` must be one of \('paper', 'official'\)"):
         ShuffleUnit(60, convention="tf")
+
+
+def test_convert_into_a_folder_it_cannot_write_is_one_line_of_error(tmp_path, small_checkpoints, capsys) -> None:
+    # A "folder" that is a file (a read-only one does not stop root, which the tests may run as).
+    (tmp_path / "a_file").write_text("")
+    unwritable = tmp_path / "a_file" / "snet.weights.h5"
+    assert weights_main(["convert", small_checkpoints["zip_g8"], str(unwritable)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1

@@ -186,9 +186,18 @@ def load_saved_model(path: str) -> keras.Model:
     """Loads a ``.keras`` model saved by :func:`train` (without compiling it)."""
     if not os.path.exists(path):
         raise ConfigError(f"no saved model at {path!r}; train first or pass --eval_model.")
+    if not path.endswith((".keras", ".h5")) or path.endswith(".weights.h5"):
+        raise ConfigError(
+            f"--eval_model must be a saved model (.keras, as training writes model.keras), not weights alone. "
+            f"Received: eval_model={path!r}"
+        )
     import keras_shufflenet.layers  # noqa: F401  (registers the custom layers)
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001  (zipfile, h5py and Keras raise many types on a damaged file)
+        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path!r} is not a readable saved model ({type(error).__name__}: {message})") from None
 
 
 def _tensorboard_available() -> bool:

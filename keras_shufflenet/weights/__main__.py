@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         checkpoint = convert(args.checkpoint, args.output)
-    except (weights.CheckpointError, ValueError) as error:
+    except (weights.CheckpointError, ValueError, OSError) as error:  # OSError: e.g. a read-only folder.
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
