@@ -35,7 +35,7 @@ class LayerCost:
     params: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """The profile of a model; ``str()`` gives a per-layer table.
 

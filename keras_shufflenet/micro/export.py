@@ -215,19 +215,10 @@ def _run_stages(
     firmware_files = stages.write_firmware_sources(staging, stored, converted, arena, verified, data, options)
     timer.lap("firmware files", "tflm/: the model, its settings, op resolver and samples as C sources")
 
-    npu_result = None
+    npu = None
     if options.npu is not None:
-        npu_result = ethos_u.export_npu(
-            staging,
-            config.name,
-            converted.int8_tflite,
-            options.npu,
-            verified.int8_inputs,
-            verified.tflm_outputs,
-            config.arena_margin,
-        )
+        npu = stages.compile_for_npu(staging, converted, verified, options)
         timer.lap("NPU (Vela)", f"compiled for {options.npu}")
-    npu_section, npu_files = npu_result or (None, [])
     result = report.build(
         model=model,
         model_profile=model_profile,
@@ -239,13 +230,13 @@ def _run_stages(
         arena=arena,
         verified=verified,
         instructions=instructions,
-        files=[*files.files, *firmware_files, *npu_files],
-        npu=npu_section,
+        files=[*files.files, *firmware_files, *(npu.files if npu else [])],
+        npu=npu,
     )
     timer.lap("report", "report.json, report.md")
     artifacts = [*files.files, run_dir.FIRMWARE_DIR]
-    if npu_section is not None:
-        artifacts += [*npu_files[:2], ethos_u.ETHOS_U_DIR]
+    if npu is not None:
+        artifacts += [*npu.files[:2], ethos_u.ETHOS_U_DIR]
     return result, artifacts
 
 

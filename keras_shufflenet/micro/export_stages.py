@@ -13,7 +13,8 @@ and the results it needs, and changes none of them; the orchestrator
 5. :func:`write_models`: the ``.tflite`` files, in the staging directory;
 6. :func:`search_arena`, :func:`run_in_tflm`: the arena, TFLM against the
    reference kernels and the dense model, accuracy, instructions;
-7. :func:`write_firmware_sources`: ``tflm/``.
+7. :func:`write_firmware_sources`: ``tflm/``;
+8. :func:`compile_for_npu`: the Ethos-U model and files (optional).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from keras_shufflenet.micro import (
     verify,
     weight_storage,
 )
+from keras_shufflenet.micro import npu as ethos_u  # `npu` is a setting of the export.
 from keras_shufflenet.micro.options import ExportOptions
 
 # Samples on which the float .tflite is compared with Keras.
@@ -408,3 +410,25 @@ def write_firmware_sources(
         **samples.firmware_samples(verified.int8_inputs, verified.tflm_outputs, data.eval_labels),
     )
     return [f"{run_dir.FIRMWARE_DIR}/{name}" for name in written]
+
+
+@dataclasses.dataclass(frozen=True)
+class NpuExport:
+    """The report's ``npu`` section (Vela's estimates) and the files written for the Ethos-U target."""
+
+    section: dict[str, Any]
+    files: list[str]
+
+
+def compile_for_npu(staging: str, converted: Converted, verified: Verified, options: ExportOptions) -> NpuExport:
+    """Rewrites the int8 model for the NPU (checked bit-identical in TFLM), compiles it with Vela, writes ethos_u/."""
+    section, files = ethos_u.export_npu(
+        staging,
+        options.config.name,
+        converted.int8_tflite,
+        options.npu,
+        verified.int8_inputs,
+        verified.tflm_outputs,
+        options.config.arena_margin,
+    )
+    return NpuExport(section, files)

@@ -34,7 +34,7 @@ def build(
     verified: stages.Verified,
     instructions: stages.Instructions | None,
     files: Sequence[str],
-    npu: dict[str, Any] | None = None,
+    npu: stages.NpuExport | None = None,
 ) -> dict[str, Any]:
     """The report of one export (everything but ``timings_s``), from the results of its stages.
 
@@ -50,7 +50,7 @@ def build(
       verified: What TFLM did: exactness, accuracy, the lossless check.
       instructions: The instruction counts (`None` when not counted).
       files: The files of the export besides the two reports.
-      npu: The Ethos-U section (`None` without an NPU).
+      npu: The Ethos-U compilation (`None` without an NPU).
 
     Returns:
       The report dict (what ``report.json`` holds).
@@ -103,7 +103,7 @@ def build(
         "files": [*files, "report.json", "report.md"],
     }
     if npu is not None:
-        result["npu"] = npu
+        result["npu"] = npu.section
     return result
 
 
