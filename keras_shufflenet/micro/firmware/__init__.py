@@ -14,42 +14,8 @@ Modules, one concept each:
 Command line: ``python -m keras_shufflenet.micro.firmware --run_dir=... --target=... --kernels=...``.
 """
 
-from keras_shufflenet.micro.firmware.step import (
-    DEFAULT_TREE,
-    KERNELS,
-    TARGETS,
-    FirmwareError,
-    build,
-    build_and_measure,
-    count_instructions,
-    default_kernels,
-    default_tflm_tree,
-    elf_sizes,
-    firmware_dir,
-    instructions_by_op_type,
-    main,
-    parse_output,
-    record_in_run,
-    resolve_tree,
-    run,
-)
+from keras_shufflenet.micro.firmware import step
+from keras_shufflenet.micro.firmware.step import *  # noqa: F403  (the firmware step's public names)
+from keras_shufflenet.micro.firmware.step import main
 
-__all__ = [
-    "DEFAULT_TREE",
-    "KERNELS",
-    "TARGETS",
-    "FirmwareError",
-    "build",
-    "build_and_measure",
-    "count_instructions",
-    "default_kernels",
-    "default_tflm_tree",
-    "elf_sizes",
-    "firmware_dir",
-    "instructions_by_op_type",
-    "main",
-    "parse_output",
-    "record_in_run",
-    "resolve_tree",
-    "run",
-]
+__all__ = [*step.__all__, "main"]
